@@ -1,0 +1,36 @@
+// Fault points: named places where a test can make this process die, stall or corrupt, so that
+// "a peer dies at any instruction" is tested at every named point rather than by luck
+// (STYLE.md §2.7). Compiled only with SHMCTX_FAULT_POINTS (test builds); otherwise every
+// SHMCTX_FAULT_POINT is the constant `false` and costs nothing.
+//
+// Driven by the environment, read once per process:
+//   SHMCTX_FAULT="ring.after_claim=kill,arena.after_carve=stall@3,ring.header=corrupt"
+// action: kill (SIGKILL to self), stall (block forever in pause()), abort, corrupt (the point
+// returns true and the call site corrupts what it names). "@N" fires on the N-th hit (1-based)
+// and only then; without it the point fires on every hit.
+//
+// Thread-safety: thread-safe.
+#pragma once
+
+namespace shmctx::shm {
+
+/// Returns true when the fault configured for `name` is `corrupt` and fires on this hit.
+/// kill, stall and abort do not return.
+bool fault_point(const char* name) noexcept;
+
+/// True when this build has fault points compiled in.
+constexpr bool fault_points_enabled() noexcept {
+#if defined(SHMCTX_FAULT_POINTS)
+    return true;
+#else
+    return false;
+#endif
+}
+
+}  // namespace shmctx::shm
+
+#if defined(SHMCTX_FAULT_POINTS)
+#define SHMCTX_FAULT_POINT(name) (::shmctx::shm::fault_point(name))
+#else
+#define SHMCTX_FAULT_POINT(name) (false)
+#endif

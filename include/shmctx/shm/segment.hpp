@@ -1,0 +1,81 @@
+// A POSIX shared-memory object and its mapping (DESIGN.md §2 "Segments").
+//
+// Created and mapped through Boost.Interprocess; the native fd is used for what Boost lacks:
+// fchmod (the umask masks the create mode), posix_fallocate (a full /dev/shm becomes
+// ShmExhausted at allocation instead of a SIGBUS on first touch), fstat (a segment not owned by
+// our effective uid is refused with PermissionDenied) and OFD locks. Every fd is O_CLOEXEC.
+// No code path shrinks a segment that a peer may have mapped.
+//
+// Thread-safety: move-only; const members are thread-safe, allocate() is thread-safe (the kernel
+// serialises fallocate), moving or destroying needs exclusive access.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+namespace shmctx::shm {
+
+struct SegmentOptions {
+    /// Permission bits of a created object, applied with fchmod after creation so the umask
+    /// cannot widen or narrow them. Owner-only by default; 0660 shares with the group.
+    mode_t mode = 0600;
+    /// Map the object read-only (observers such as `shmctx stat`).
+    bool read_only = false;
+};
+
+/// How create() backs the object with memory.
+enum class Backing {
+    allocate,  ///< posix_fallocate the whole size now: ShmExhausted here, never SIGBUS later
+    sparse,    ///< only set the size; the owner allocate()s each range before anyone touches it
+};
+
+class Segment {
+public:
+    /// Creates `name` (exclusively: fails if it exists), sizes and maps it. Throws
+    /// ShmExhausted (no room; the object is removed again), PermissionDenied, SystemError.
+    static Segment create(const std::string& name, std::size_t size, SegmentOptions = {},
+                          Backing = Backing::allocate);
+    /// As create(), but returns nullopt when the name already exists.
+    static std::optional<Segment> try_create(const std::string& name, std::size_t size,
+                                             SegmentOptions = {}, Backing = Backing::allocate);
+    /// Opens and maps an existing object of at least `min_size` bytes. Refuses one owned by
+    /// another uid (PermissionDenied); returns nullopt if it does not exist.
+    static std::optional<Segment> try_open(const std::string& name, SegmentOptions = {},
+                                           std::size_t min_size = 1);
+    /// As try_open(), throwing SystemError naming the object when it does not exist.
+    static Segment open(const std::string& name, SegmentOptions = {}, std::size_t min_size = 1);
+    /// shm_unlink; false if it did not exist. Mappings stay valid until unmapped.
+    static bool remove(const std::string& name) noexcept;
+
+    Segment(Segment&&) noexcept;
+    Segment& operator=(Segment&&) noexcept;
+    ~Segment();
+
+    /// Backs [offset, offset + bytes) with memory (posix_fallocate). ShmExhausted with the
+    /// figures in the text if /dev/shm is full.
+    void allocate(std::size_t offset, std::size_t bytes) const;
+
+    std::byte* data() const noexcept;
+    std::size_t size() const noexcept;
+    std::span<std::byte> bytes() const noexcept { return {data(), size()}; }
+    /// The object's fd (O_CLOEXEC), valid while this Segment lives. Used for OFD locks.
+    int fd() const noexcept;
+    /// Inode number of the object, to detect that a name now refers to a new object.
+    ino_t inode() const noexcept;
+    const std::string& name() const noexcept;
+
+private:
+    struct Impl;
+    explicit Segment(std::unique_ptr<Impl> impl) noexcept;
+    std::unique_ptr<Impl> impl_;
+};
+
+/// Free bytes in /dev/shm (statvfs), for error texts and tests.
+std::size_t shm_free_bytes() noexcept;
+
+}  // namespace shmctx::shm
