@@ -16,10 +16,11 @@ class Deadline {
 public:
     /// Never expires.
     constexpr Deadline() noexcept = default;
+    // Implicit on purpose: `connect(name, 5s)` and `cancel(616ms)` read best.
     template <class Rep, class Period>
-    Deadline(std::chrono::duration<Rep, Period> d)  // NOLINT(google-explicit-constructor): `connect(name, 5s)` reads best
+    Deadline(std::chrono::duration<Rep, Period> d)  // NOLINT(google-explicit-constructor)
         : at_(Clock::now() + std::chrono::duration_cast<Clock::duration>(d)), infinite_(false) {}
-    Deadline(Clock::time_point at) noexcept  // NOLINT(google-explicit-constructor): as above
+    Deadline(Clock::time_point at) noexcept  // NOLINT(google-explicit-constructor)
         : at_(at), infinite_(false) {}
 
     static constexpr Deadline never() noexcept { return {}; }

@@ -49,10 +49,10 @@ private:
     std::error_code code_;
 };
 
-#define SHMCTX_DEFINE_ERROR(Name, code_value)                                       \
-    class Name : public Error {                                                      \
-    public:                                                                          \
-        explicit Name(const std::string& what) : Error(Errc::code_value, what) {}    \
+#define SHMCTX_DEFINE_ERROR(Name, code_value)                                     \
+    class Name : public Error {                                                   \
+    public:                                                                       \
+        explicit Name(const std::string& what) : Error(Errc::code_value, what) {} \
     }
 
 /// A peer wrote an invalid index, length, kind, offset or generation: fails that link only.

@@ -1,7 +1,6 @@
 // Links against the installed shmctx and checks the versions it reports.
-#include <shmctx/version.hpp>
-
 #include <cstdio>
+#include <shmctx/version.hpp>
 
 int main() {
     std::printf("shmctx %.*s, layout %u, protocol %u: find_package works\n",

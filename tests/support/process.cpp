@@ -190,8 +190,8 @@ std::string unique_ns(std::string_view tag) {
     static std::atomic<unsigned> counter{0};
     // relaxed: uniqueness only.
     const unsigned n = counter.fetch_add(1, std::memory_order::relaxed);
-    std::string ns = "test-" + std::to_string(::getpid()) + "-" + std::string(tag) + "-" +
-                     std::to_string(n);
+    std::string ns =
+        "test-" + std::to_string(::getpid()) + "-" + std::string(tag) + "-" + std::to_string(n);
     if (ns.size() > 48) ns.resize(48);
     return ns;
 }

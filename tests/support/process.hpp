@@ -4,7 +4,6 @@
 #pragma once
 
 #include <sys/types.h>
-
 #include <time.h>
 
 #include <chrono>
@@ -77,7 +76,9 @@ bool wait_until(Pred&& pred, Deadline deadline = std::chrono::seconds(10)) {
     for (;;) {
         if (pred()) return true;
         if (deadline.expired()) return false;
-        struct timespec ts {0, 200'000};
+        struct timespec ts {
+            0, 200'000
+        };
         ::nanosleep(&ts, nullptr);  // poll interval, not synchronisation
     }
 }
