@@ -26,6 +26,26 @@ public:
                 return "name taken";
             case Errc::system_error:
                 return "system error";
+            case Errc::remote_actor_error:
+                return "remote actor error";
+            case Errc::context_cancelled:
+                return "context cancelled";
+            case Errc::stream_overrun:
+                return "stream overrun";
+            case Errc::end_of_channel:
+                return "end of channel";
+            case Errc::closed_resource:
+                return "closed resource";
+            case Errc::invalid_operation:
+                return "invalid operation";
+            case Errc::too_many_contexts:
+                return "too many contexts";
+            case Errc::payload_too_large:
+                return "payload too large";
+            case Errc::transport_closed:
+                return "transport closed";
+            case Errc::peer_died:
+                return "peer died";
         }
         return "unknown shmctx error";
     }

@@ -2,13 +2,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <deque>
-#include <vector>
+#include <string>
 
 namespace shmctx::shm {
 namespace {
@@ -22,42 +23,53 @@ struct FaultSpec {
     std::atomic<unsigned long> hits{0};
 };
 
+/// A malformed SHMCTX_FAULT must not silently disable the fault a test relies on.
+[[noreturn]] void reject(const std::string& item, const char* why) {
+    std::fprintf(stderr, "shmctx: SHMCTX_FAULT item '%s': %s\n", item.c_str(), why);
+    std::abort();
+}
+
 std::deque<FaultSpec>* parse_env() {
     auto* specs = new std::deque<FaultSpec>();  // leaked on purpose: usable during exit
     const char* env = std::getenv("SHMCTX_FAULT");
     if (env == nullptr) return specs;
-    std::string all(env);
+    const std::string all(env);
     std::size_t pos = 0;
-    std::vector<std::string> items;
     while (pos <= all.size()) {
-        const std::size_t comma = all.find(',', pos);
-        items.push_back(all.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
-        if (comma == std::string::npos) break;
+        const std::size_t comma = std::min(all.find(',', pos), all.size());
+        const std::string item = all.substr(pos, comma - pos);
         pos = comma + 1;
-    }
-    for (const auto& item : items) {
+        if (item.empty()) continue;  // "a=kill," and ",," are harmless
         const std::size_t eq = item.find('=');
-        if (eq == std::string::npos || eq == 0) continue;
+        if (eq == std::string::npos || eq == 0) reject(item, "expected <point>=<action>[@N]");
         std::string action = item.substr(eq + 1);
         unsigned long nth = 0;
         if (const std::size_t at = action.find('@'); at != std::string::npos) {
-            nth = std::strtoul(action.c_str() + at + 1, nullptr, 10);
+            const std::string digits = action.substr(at + 1);
+            if (digits.empty() || digits.size() > 9 ||
+                digits.find_first_not_of("0123456789") != std::string::npos) {
+                reject(item, "@N needs a decimal hit number");
+            }
+            nth = std::stoul(digits);
+            if (nth == 0) reject(item, "hits count from 1");
             action.resize(at);
+        }
+        Action parsed = Action::kill;
+        if (action == "kill") {
+            parsed = Action::kill;
+        } else if (action == "stall") {
+            parsed = Action::stall;
+        } else if (action == "abort") {
+            parsed = Action::abort;
+        } else if (action == "corrupt") {
+            parsed = Action::corrupt;
+        } else {
+            reject(item, "action must be kill, stall, abort or corrupt");
         }
         auto& spec = specs->emplace_back();
         spec.name = item.substr(0, eq);
+        spec.action = parsed;
         spec.fire_on_hit = nth;
-        if (action == "kill") {
-            spec.action = Action::kill;
-        } else if (action == "stall") {
-            spec.action = Action::stall;
-        } else if (action == "abort") {
-            spec.action = Action::abort;
-        } else if (action == "corrupt") {
-            spec.action = Action::corrupt;
-        } else {
-            specs->pop_back();
-        }
     }
     return specs;
 }
@@ -66,22 +78,26 @@ std::deque<FaultSpec>* parse_env() {
 
 bool fault_point(const char* name) noexcept {
     static std::deque<FaultSpec>* const specs = parse_env();
+    // Every item for this point counts every hit (so "p=corrupt@1,p=kill@2" means hits 1 and 2
+    // of p); the first item that fires on this hit decides.
+    const FaultSpec* fires = nullptr;
     for (auto& spec : *specs) {
         if (spec.name != name) continue;
         // relaxed: a per-process hit counter; no other memory is published through it.
         const unsigned long hit = spec.hits.fetch_add(1, std::memory_order::relaxed) + 1;
-        if (spec.fire_on_hit != 0 && hit != spec.fire_on_hit) return false;
-        switch (spec.action) {
-            case Action::kill:
-                ::kill(::getpid(), SIGKILL);
-                for (;;) ::pause();
-            case Action::stall:
-                for (;;) ::pause();
-            case Action::abort:
-                std::abort();
-            case Action::corrupt:
-                return true;
-        }
+        if (fires == nullptr && (spec.fire_on_hit == 0 || hit == spec.fire_on_hit)) fires = &spec;
+    }
+    if (fires == nullptr) return false;
+    switch (fires->action) {
+        case Action::kill:
+            ::kill(::getpid(), SIGKILL);
+            for (;;) ::pause();
+        case Action::stall:
+            for (;;) ::pause();
+        case Action::abort:
+            std::abort();
+        case Action::corrupt:
+            return true;
     }
     return false;
 }

@@ -5,12 +5,15 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/permissions.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
 #include <cstring>
+#include <limits>
+#include <stdexcept>
 
 #include "shmctx/errors.hpp"
 #include "shmctx/shm/fault.hpp"
@@ -34,11 +37,34 @@ std::string errno_text(int err) { return std::strerror(err); }
 [[noreturn]] void throw_for_errno(const std::string& op, const std::string& name, int err) {
     const std::string text = op + " '" + name + "': " + errno_text(err);
     if (err == EACCES || err == EPERM) throw PermissionDenied(text);
-    if (err == ENOSPC || err == ENOMEM) {
-        throw ShmExhausted(text + " (" + std::to_string(shm_free_bytes()) +
-                           " bytes free in /dev/shm)");
+    // tmpfs out of inodes (nr_inodes) refuses shm_open with ENOSPC.
+    if (err == ENOSPC) {
+        throw ShmExhausted(text + "; " + std::to_string(shm_free_bytes()) + " bytes free in " +
+                           std::string(kShmDir));
     }
     throw SystemError(text);
+}
+
+/// posix_fallocate failures: no room is ShmExhausted with the figures a user needs to act on.
+[[noreturn]] void throw_for_allocation(const std::string& name, std::size_t offset,
+                                       std::size_t bytes, int err) {
+    const std::string op = "posix_fallocate(" + std::to_string(bytes) + " bytes at offset " +
+                           std::to_string(offset) + ")";
+    if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
+        throw ShmExhausted(op + " '" + name + "': " + errno_text(err) + "; " +
+                           std::to_string(shm_free_bytes()) + " bytes free in " +
+                           std::string(kShmDir));
+    }
+    throw_for_errno(op, name, err);
+}
+
+/// Boost.Interprocess reports errno as the native error; a few of its own checks (size 0,
+/// mode) carry none, and then its text is all there is.
+[[noreturn]] void throw_for_boost(const std::string& op, const std::string& name,
+                                  const bip::interprocess_exception& e) {
+    const int err = e.get_native_error();
+    if (err != 0) throw_for_errno(op, name, err);
+    throw SystemError(op + " '" + name + "': " + e.what());
 }
 
 int native_fd(const bip::shared_memory_object& object) {
@@ -65,6 +91,27 @@ struct stat checked_fstat(int fd, const std::string& name) {
     return st;
 }
 
+/// posix_fallocate returns the error number (it does not set errno). tmpfs gives up with EINTR
+/// when a signal is pending during a long allocation, and glibc does not retry: we do.
+int fallocate_retrying(int fd, std::size_t offset, std::size_t bytes) noexcept {
+    int rc = 0;
+    do {
+        rc = ::posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(bytes));
+    } while (rc == EINTR);
+    return rc;
+}
+
+/// Removes `name` only if it still is the object behind `fd`: cleanup after a failed create must
+/// never unlink an object somebody else created under the same name in the meantime.
+void remove_if_ours(const std::string& name, int fd) noexcept {
+    struct stat ours {};
+    struct stat now {};
+    if (::fstat(fd, &ours) != 0) return;
+    if (::stat(shm_path(name).c_str(), &now) != 0) return;
+    if (now.st_ino != ours.st_ino || now.st_dev != ours.st_dev) return;
+    bip::shared_memory_object::remove(name.c_str());
+}
+
 bip::mode_t access_mode(const SegmentOptions& options) {
     return options.read_only ? bip::read_only : bip::read_write;
 }
@@ -84,35 +131,49 @@ Segment::~Segment() = default;
 
 std::optional<Segment> Segment::try_create(const std::string& name, std::size_t size,
                                            SegmentOptions options, Backing backing) {
-    if (size == 0) throw SystemError("segment '" + name + "': size 0");
+    if (size == 0) throw std::invalid_argument("segment '" + name + "': size 0");
+    if ((options.mode & ~static_cast<mode_t>(0777)) != 0) {
+        throw std::invalid_argument("segment '" + name + "': mode has bits outside 0777");
+    }
+    if (size > static_cast<std::size_t>(std::numeric_limits<off_t>::max())) {
+        throw ShmExhausted("segment '" + name + "': " + std::to_string(size) +
+                           " bytes exceed the largest file size");
+    }
     auto impl = std::make_unique<Impl>();
     impl->name = name;
     try {
-        impl->object = bip::shared_memory_object(bip::create_only, name.c_str(),
-                                                 bip::read_write,
+        // The create mode is only a first narrowing (the umask applies to it); fchmod below sets
+        // the exact bits. Until then the object is at most as open as requested, never more.
+        impl->object = bip::shared_memory_object(bip::create_only, name.c_str(), bip::read_write,
                                                  bip::permissions(static_cast<int>(options.mode)));
     } catch (const bip::interprocess_exception& e) {
         if (e.get_error_code() == bip::already_exists_error) return std::nullopt;
-        throw_for_errno("shm_open(create)", name, e.get_native_error());
+        throw_for_boost("shm_open(create)", name, e);
     }
     const int fd = native_fd(impl->object);
     try {
         ensure_cloexec(fd, name);
-        // The umask masked the create mode: set exactly what was asked.
         if (::fchmod(fd, options.mode) != 0) throw_for_errno("fchmod", name, errno);
         impl->inode = checked_fstat(fd, name).st_ino;
-        if (::ftruncate(fd, static_cast<off_t>(size)) != 0) throw_for_errno("ftruncate", name, errno);
+        int rc = 0;
+        do {
+            rc = ::ftruncate(fd, static_cast<off_t>(size));
+        } while (rc != 0 && errno == EINTR);
+        if (rc != 0) throw_for_errno("ftruncate(" + std::to_string(size) + ")", name, errno);
         if (backing == Backing::allocate) {
-            // posix_fallocate returns the error number; it does not set errno.
-            const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-            if (rc != 0) throw_for_errno("posix_fallocate(" + std::to_string(size) + " bytes)", name, rc);
+            if (const int err = fallocate_retrying(fd, 0, size); err != 0) {
+                throw_for_allocation(name, 0, size, err);
+            }
         }
-        impl->region = bip::mapped_region(impl->object, access_mode(options));
-    } catch (const bip::interprocess_exception& e) {
-        bip::shared_memory_object::remove(name.c_str());
-        throw_for_errno("mmap", name, e.get_native_error());
+        try {
+            impl->region = bip::mapped_region(impl->object, access_mode(options));
+        } catch (const bip::interprocess_exception& e) {
+            throw_for_boost("mmap", name, e);
+        }
     } catch (...) {
-        bip::shared_memory_object::remove(name.c_str());
+        // Leave nothing behind. A peer that opened the name meanwhile finds no valid header
+        // (our caller writes it only after create returns) and keeps an unlinked mapping.
+        remove_if_ours(name, fd);
         throw;
     }
     return Segment(std::move(impl));
@@ -121,7 +182,7 @@ std::optional<Segment> Segment::try_create(const std::string& name, std::size_t 
 Segment Segment::create(const std::string& name, std::size_t size, SegmentOptions options,
                         Backing backing) {
     auto seg = try_create(name, size, options, backing);
-    if (!seg) throw SystemError("shm_open(create) '" + name + "': already exists");
+    if (!seg) throw SystemError("shm_open(create) '" + name + "': " + errno_text(EEXIST));
     return std::move(*seg);
 }
 
@@ -130,31 +191,34 @@ std::optional<Segment> Segment::try_open(const std::string& name, SegmentOptions
     auto impl = std::make_unique<Impl>();
     impl->name = name;
     try {
-        impl->object = bip::shared_memory_object(bip::open_only, name.c_str(),
-                                                 access_mode(options));
+        impl->object =
+            bip::shared_memory_object(bip::open_only, name.c_str(), access_mode(options));
     } catch (const bip::interprocess_exception& e) {
         if (e.get_error_code() == bip::not_found_error) return std::nullopt;
-        throw_for_errno("shm_open", name, e.get_native_error());
+        throw_for_boost("shm_open", name, e);
     }
     const int fd = native_fd(impl->object);
     ensure_cloexec(fd, name);
+    // The owner check uses the fd we hold, so the name cannot be swapped under us.
     const struct stat st = checked_fstat(fd, name);
     impl->inode = st.st_ino;
-    if (st.st_size < 0 || static_cast<std::size_t>(st.st_size) < min_size) {
+    // An empty object cannot be mapped: it is one whose creator has not sized it yet.
+    const std::size_t need = std::max<std::size_t>(min_size, 1);
+    if (st.st_size <= 0 || static_cast<std::size_t>(st.st_size) < need) {
         throw LayoutError("segment '" + name + "' has " + std::to_string(st.st_size) +
-                          " bytes, fewer than the " + std::to_string(min_size) + " expected");
+                          " bytes, fewer than the " + std::to_string(need) + " expected");
     }
     try {
         impl->region = bip::mapped_region(impl->object, access_mode(options));
     } catch (const bip::interprocess_exception& e) {
-        throw_for_errno("mmap", name, e.get_native_error());
+        throw_for_boost("mmap", name, e);
     }
     return Segment(std::move(impl));
 }
 
 Segment Segment::open(const std::string& name, SegmentOptions options, std::size_t min_size) {
     auto seg = try_open(name, options, min_size);
-    if (!seg) throw SystemError("shm_open '" + name + "': no such segment");
+    if (!seg) throw SystemError("shm_open '" + name + "': " + errno_text(ENOENT));
     return std::move(*seg);
 }
 
@@ -163,16 +227,17 @@ bool Segment::remove(const std::string& name) noexcept {
 }
 
 void Segment::allocate(std::size_t offset, std::size_t bytes) const {
-    if (SHMCTX_FAULT_POINT("segment.allocate")) {
-        throw_for_errno("posix_fallocate(" + std::to_string(bytes) + " bytes at " +
-                            std::to_string(offset) + ")",
-                        impl_->name, ENOSPC);
+    // posix_fallocate past the end would grow the object beyond every peer's mapping.
+    if (offset > size() || bytes > size() - offset) {
+        throw std::out_of_range("segment '" + impl_->name + "': allocate(" +
+                                std::to_string(offset) + ", " + std::to_string(bytes) +
+                                ") outside its " + std::to_string(size()) + " bytes");
     }
-    const int rc = ::posix_fallocate(fd(), static_cast<off_t>(offset), static_cast<off_t>(bytes));
-    if (rc != 0) {
-        throw_for_errno("posix_fallocate(" + std::to_string(bytes) + " bytes at " +
-                            std::to_string(offset) + ")",
-                        impl_->name, rc);
+    if (bytes == 0) return;
+    if (SHMCTX_FAULT_POINT("segment.allocate"))
+        throw_for_allocation(impl_->name, offset, bytes, ENOSPC);
+    if (const int err = fallocate_retrying(fd(), offset, bytes); err != 0) {
+        throw_for_allocation(impl_->name, offset, bytes, err);
     }
 }
 

@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "shmctx/errors.hpp"
@@ -25,19 +28,25 @@ FutexResult futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t exp
     }
     // FUTEX_WAIT (no FUTEX_PRIVATE_FLAG): the word may be mapped by other processes. The relative
     // timeout is measured on CLOCK_MONOTONIC. The kernel reads the word atomically.
-    const long rc = ::syscall(SYS_futex, const_cast<std::atomic<std::uint32_t>*>(&word),
-                              FUTEX_WAIT, expected, tsp, nullptr, 0);
+    const long rc = ::syscall(SYS_futex, const_cast<std::atomic<std::uint32_t>*>(&word), FUTEX_WAIT,
+                              expected, tsp, nullptr, 0);
     if (rc == 0) return FutexResult::woken;
     switch (errno) {
-        case EAGAIN: return FutexResult::value_changed;
-        case ETIMEDOUT: return FutexResult::timed_out;
-        default: return FutexResult::interrupted;  // EINTR: the caller's loop re-checks
+        case EAGAIN:
+            return FutexResult::value_changed;
+        case ETIMEDOUT:
+            return FutexResult::timed_out;
+        // EINTR: a signal; the caller's loop re-checks and recomputes the timeout. EFAULT and
+        // EINVAL cannot happen for an aligned word of a live mapping; were they to, the caller's
+        // loop still ends at its deadline or stop request rather than sleeping forever.
+        default:
+            return FutexResult::interrupted;
     }
 }
 
 int futex_wake(const std::atomic<std::uint32_t>& word, int count) noexcept {
-    const long rc = ::syscall(SYS_futex, const_cast<std::atomic<std::uint32_t>*>(&word),
-                              FUTEX_WAKE, count, nullptr, nullptr, 0);
+    const long rc = ::syscall(SYS_futex, const_cast<std::atomic<std::uint32_t>*>(&word), FUTEX_WAKE,
+                              count, nullptr, nullptr, 0);
     return rc < 0 ? 0 : static_cast<int>(rc);
 }
 
@@ -57,9 +66,13 @@ void ring(WakeSlot& slot) noexcept {
     futex_wake(slot.counter);
 }
 
-WakeTable::WakeTable(std::span<std::byte> region) noexcept
-    : slots_(reinterpret_cast<WakeSlot*>(region.data())),  // NOLINT: a layout view over a mapping
-      capacity_(static_cast<std::uint32_t>(region.size() / sizeof(WakeSlot))) {}
+WakeTable::WakeTable(std::span<std::byte> region) noexcept {
+    // Slots on their own cache lines: a misaligned table would share lines between threads.
+    if (reinterpret_cast<std::uintptr_t>(region.data()) % kCacheLine != 0) return;
+    slots_ = reinterpret_cast<WakeSlot*>(region.data());  // NOLINT: a layout view over a mapping
+    capacity_ = static_cast<std::uint32_t>(
+        std::min<std::size_t>(region.size() / sizeof(WakeSlot), UINT32_MAX));
+}
 
 WakeResult wake_cell(const WakeCell& cell, const WakeTable& table) noexcept {
     // relaxed: a hint only; see "busy_spin" in the file comment of wake.hpp.
@@ -85,7 +98,8 @@ Waiter::Waiter(const WakeTable& table, std::uint32_t index) : index_(index) {
     }
 }
 
-WakeSlotAllocator::WakeSlotAllocator(std::uint32_t capacity) : capacity_(capacity) {
+WakeSlotAllocator::WakeSlotAllocator(std::uint32_t capacity)
+    : allocated_(capacity, false), capacity_(capacity) {
     free_.reserve(capacity);
     for (std::uint32_t i = capacity; i > 0; --i) free_.push_back(i - 1);
 }
@@ -95,12 +109,18 @@ std::optional<std::uint32_t> WakeSlotAllocator::allocate() {
     if (free_.empty()) return std::nullopt;
     const std::uint32_t index = free_.back();
     free_.pop_back();
+    allocated_[index] = true;
     return index;
 }
 
 void WakeSlotAllocator::release(std::uint32_t index) {
     std::lock_guard lock(mutex_);
-    if (index < capacity_) free_.push_back(index);
+    if (index >= capacity_ || !allocated_[index]) {
+        std::fprintf(stderr, "shmctx: WakeSlotAllocator::release(%u): slot not allocated\n", index);
+        std::abort();
+    }
+    allocated_[index] = false;
+    free_.push_back(index);
 }
 
 std::uint32_t WakeSlotAllocator::in_use() const {

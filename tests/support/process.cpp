@@ -32,7 +32,7 @@ Child::Child(Child&& other) noexcept { *this = std::move(other); }
 
 Child& Child::operator=(Child&& other) noexcept {
     if (this != &other) {
-        this->~Child();
+        reap_and_close();  // not this->~Child(): that would also destroy buffer_ and status_
         pid_ = std::exchange(other.pid_, -1);
         pidfd_ = std::exchange(other.pidfd_, -1);
         out_ = std::exchange(other.out_, -1);
@@ -43,7 +43,9 @@ Child& Child::operator=(Child&& other) noexcept {
     return *this;
 }
 
-Child::~Child() {
+Child::~Child() { reap_and_close(); }
+
+void Child::reap_and_close() noexcept {
     if (pid_ > 0 && !status_) {
         ::kill(pid_, SIGKILL);
         int st = 0;

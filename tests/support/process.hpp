@@ -46,6 +46,8 @@ public:
 
 private:
     void close_fds() noexcept;
+    /// SIGKILLs and reaps a still running child, closes the fds.
+    void reap_and_close() noexcept;
     pid_t pid_ = -1;
     int pidfd_ = -1;
     int out_ = -1;

@@ -7,7 +7,11 @@
 //   SHMCTX_FAULT="ring.after_claim=kill,arena.after_carve=stall@3,ring.header=corrupt"
 // action: kill (SIGKILL to self), stall (block forever in pause()), abort, corrupt (the point
 // returns true and the call site corrupts what it names). "@N" fires on the N-th hit (1-based)
-// and only then; without it the point fires on every hit.
+// and only then; without it the point fires on every hit. N counts the hits of the point, so
+// "p=corrupt@1,p=kill@3" corrupts on the first hit of p and dies on the third; when several
+// items fire on the same hit, the first one listed wins. A malformed item
+// (no '=', unknown action, "@0", "@x") aborts the process with a message on stderr at the first
+// fault point reached: a typo must not silently turn a fault test into a no-op.
 //
 // Thread-safety: thread-safe.
 #pragma once

@@ -36,15 +36,18 @@ enum class Backing {
 
 class Segment {
 public:
-    /// Creates `name` (exclusively: fails if it exists), sizes and maps it. Throws
-    /// ShmExhausted (no room; the object is removed again), PermissionDenied, SystemError.
+    /// Creates `name` (exclusively: fails if it exists), sets its mode with fchmod, sizes and maps
+    /// it. Throws ShmExhausted (no room, with the figures; the object is removed again),
+    /// PermissionDenied, SystemError (also for an existing name); std::invalid_argument for
+    /// size 0 or mode bits outside 0777. On any failure nothing is left under `name`.
     static Segment create(const std::string& name, std::size_t size, SegmentOptions = {},
                           Backing = Backing::allocate);
     /// As create(), but returns nullopt when the name already exists.
     static std::optional<Segment> try_create(const std::string& name, std::size_t size,
                                              SegmentOptions = {}, Backing = Backing::allocate);
-    /// Opens and maps an existing object of at least `min_size` bytes. Refuses one owned by
-    /// another uid (PermissionDenied); returns nullopt if it does not exist.
+    /// Opens and maps an existing object of at least max(min_size, 1) bytes (else LayoutError).
+    /// Refuses one owned by another uid (PermissionDenied, checked on the open fd); returns
+    /// nullopt if it does not exist.
     static std::optional<Segment> try_open(const std::string& name, SegmentOptions = {},
                                            std::size_t min_size = 1);
     /// As try_open(), throwing SystemError naming the object when it does not exist.
@@ -56,8 +59,9 @@ public:
     Segment& operator=(Segment&&) noexcept;
     ~Segment();
 
-    /// Backs [offset, offset + bytes) with memory (posix_fallocate). ShmExhausted with the
-    /// figures in the text if /dev/shm is full.
+    /// Backs [offset, offset + bytes) with memory (posix_fallocate, retried on EINTR).
+    /// ShmExhausted with the figures in the text if /dev/shm is full; std::out_of_range if the
+    /// range leaves the segment (that would grow the object past every mapping).
     void allocate(std::size_t offset, std::size_t bytes) const;
 
     std::byte* data() const noexcept;

@@ -17,13 +17,17 @@
 // longer `seen`) or wakes it. The futex is shared (no FUTEX_PRIVATE_FLAG), so it works across
 // processes; std::atomic::wait is process-private in libstdc++ 12 and is never used.
 // A waker may skip the fence and the wake when the cell's mode says the waiter busy-spins (it
-// never blocks); a waiter that leaves busy-spin mode bounds its first block (kModeSwitchWait),
-// because a waker may have read the old mode just before.
+// never blocks). Without its fence, such a waker's mode load may be satisfied before its own
+// change is visible, and read busy_spin although the waiter has switched to block and missed
+// the change. So after a Waiter switches any cell away from busy_spin, every futex wait it starts
+// within kModeSwitchWait of the switch ends by then, and the re-check after it sees the change
+// (a store buffer drains in microseconds; a context switch drains it too).
 //
 // Thread-safety: WakeTable and free functions are thread-safe; a Waiter belongs to one thread;
 // WakeSlotAllocator is thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -97,7 +101,8 @@ void ring(WakeSlot& slot) noexcept;
 class WakeTable {
 public:
     WakeTable() = default;
-    /// `region` must be kCacheLine-aligned; capacity = region.size() / sizeof(WakeSlot).
+    /// capacity = region.size() / sizeof(WakeSlot); a region that is not kCacheLine-aligned
+    /// gives an empty table (every slot() is nullptr) rather than misaligned atomics.
     explicit WakeTable(std::span<std::byte> region) noexcept;
     std::uint32_t capacity() const noexcept { return capacity_; }
     /// The slot at `index`, or nullptr if out of range (indices read from shared memory).
@@ -129,7 +134,10 @@ struct WaitPolicy {
     std::uint32_t spin_checks = 2000;
 };
 
-/// Bound on the first futex wait after the cell's mode left busy_spin (see file comment).
+/// Window after a Waiter switched a cell away from busy_spin: futex waits that start in it end
+/// by its end, so that a waker which read the stale mode cannot leave the waiter asleep (see the
+/// file comment). The window is per Waiter, covering every cell it waits on; a cell handed to
+/// another Waiter must not have left busy_spin less than kModeSwitchWait before.
 inline constexpr Duration kModeSwitchWait = std::chrono::milliseconds(1);
 
 /// A thread's own wake slot, used to wait on conditions that others signal through a WakeCell.
@@ -150,8 +158,19 @@ public:
     void interrupt() const noexcept { ring(*slot_); }
 
 private:
+    /// Withdraws the advertisement however wait() leaves the blocking loop (also if `ready`
+    /// throws), so that no waker bumps a slot on behalf of a wait that is over.
+    struct Advertisement {
+        WakeCell& cell;
+        // relaxed: a waker that still sees the old advertisement only causes a spurious bump.
+        ~Advertisement() { cell.waiter.store(0, std::memory_order::relaxed); }
+    };
+
     WakeSlot* slot_;
     std::uint32_t index_;
+    /// End of the window after a switch away from busy_spin in which futex waits are bounded;
+    /// the epoch means no switch is pending.
+    Clock::time_point mode_switch_until_{};
 };
 
 /// Hands out the slots of one actor's wake table to its threads. Process-private state.
@@ -160,12 +179,15 @@ public:
     explicit WakeSlotAllocator(std::uint32_t capacity);
     /// A free slot index, or nullopt when all are in use.
     std::optional<std::uint32_t> allocate();
+    /// Returns `index`. Releasing an index that is not allocated (twice, or out of range) would
+    /// let two threads share one futex word: it aborts with a message (contract violation).
     void release(std::uint32_t index);
     std::uint32_t in_use() const;
 
 private:
     mutable std::mutex mutex_;
     std::vector<std::uint32_t> free_;  // LIFO: a recently used slot is likely still cached
+    std::vector<bool> allocated_;
     std::uint32_t capacity_;
 };
 
@@ -174,10 +196,14 @@ private:
 template <class Ready>
 WaitStatus Waiter::wait(WakeCell& cell, Ready&& ready, const Deadline& deadline,
                         const std::stop_token& stop, WaitPolicy policy) {
-    // relaxed: only this (waiting) side writes `mode`; wakers read it as a hint (see above).
+    // relaxed: only the waiting side writes `mode`; wakers read it as a hint (see above).
     const auto previous_mode = static_cast<WaitMode>(cell.mode.load(std::memory_order::relaxed));
     if (previous_mode != policy.mode) {
+        // relaxed: as above; the window below covers wakers that still read the old mode.
         cell.mode.store(static_cast<std::uint32_t>(policy.mode), std::memory_order::relaxed);
+        if (previous_mode == WaitMode::busy_spin) {
+            mode_switch_until_ = Clock::now() + kModeSwitchWait;
+        }
     }
     std::uint32_t checks = 0;
     for (;;) {  // spin phase; busy_spin never leaves it
@@ -190,34 +216,35 @@ WaitStatus Waiter::wait(WakeCell& cell, Ready&& ready, const Deadline& deadline,
         if (policy.mode != WaitMode::busy_spin && checks >= policy.spin_checks) break;
         cpu_relax();
     }
+    // Runs at once if stop was already requested; else on the requesting thread, where its bump
+    // makes our futex_wait return (the counter no longer equals `seen`) or wakes it.
     std::stop_callback on_stop(stop, [this]() noexcept { interrupt(); });
-    bool bounded_first_wait = previous_mode == WaitMode::busy_spin;
+    const Advertisement advertised{cell};
     for (;;) {
+        const bool switch_pending = mode_switch_until_ != Clock::time_point{};
+        const Clock::time_point checked_at = switch_pending ? Clock::now() : Clock::time_point{};
         // [wake.observe] pairs with [wake.bump] in ring(): a bump after this load changes the
         // value, so futex_wait below returns at once.
         const std::uint32_t seen = slot_->counter.load(std::memory_order::acquire);
         // relaxed: ordered before the re-check by [wake.storeload].
         cell.waiter.store(index_ + 1, std::memory_order::relaxed);
         storeload_fence();  // [wake.storeload] pairs with the fence in wake_cell()
-        WaitStatus status = WaitStatus::ready;
-        if (ready()) {
-            status = WaitStatus::ready;
-        } else if (stop.stop_requested()) {
-            status = WaitStatus::cancelled;
-        } else if (deadline.expired()) {
-            status = WaitStatus::timed_out;
-        } else {
-            Duration timeout = deadline.remaining();
-            if (bounded_first_wait) {
-                timeout = std::min(timeout, kModeSwitchWait);
-                bounded_first_wait = false;
+        if (ready()) return WaitStatus::ready;
+        if (stop.stop_requested()) return WaitStatus::cancelled;
+        if (deadline.expired()) return WaitStatus::timed_out;
+        Duration timeout = deadline.remaining();
+        if (switch_pending) {
+            if (checked_at >= mode_switch_until_) {
+                // This re-check started after the window: it saw the change of any waker that
+                // read the stale busy_spin mode.
+                mode_switch_until_ = Clock::time_point{};
+            } else {
+                timeout = std::min<Duration>(timeout, mode_switch_until_ - checked_at);
             }
-            (void)futex_wait(slot_->counter, seen, timeout);
-            continue;
         }
-        // relaxed: a waker that still sees the old advertisement only causes a spurious bump.
-        cell.waiter.store(0, std::memory_order::relaxed);
-        return status;
+        // Any outcome (woken, value changed, timed out, EINTR) leads back to the re-check; the
+        // timeout is recomputed from the deadline, so signals never extend it.
+        (void)futex_wait(slot_->counter, seen, timeout);
     }
 }
 
