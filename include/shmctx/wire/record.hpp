@@ -10,7 +10,7 @@ namespace shmctx::wire {
 enum class RecordKind : std::uint16_t {
     padding = 0,  ///< wrap padding: skip to the start of the ring
     data = 1,     ///< a stream message (raw bytes or a FlatBuffer)
-    control = 2,  ///< a control message (schemas/shmctx.fbs, size-prefixed, verified)
+    control = 2,  ///< a control message (schemas/shmctx.fbs; framed by `len`, not size-prefixed)
 };
 
 /// True for the kinds this protocol version defines.
