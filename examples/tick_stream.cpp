@@ -91,10 +91,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 std::uint64_t now_ns() {
-    return static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::steady_clock::now().time_since_epoch())
-            .count());
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::steady_clock::now().time_since_epoch())
+                                          .count());
 }
 
 /// One wake slot of our own actor segment, for the blocking waits.
@@ -113,7 +112,8 @@ std::optional<std::string> read_line(int fd, shmctx::Deadline deadline) {
     std::string line;
     for (;;) {
         pollfd p{fd, POLLIN, 0};
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline.remaining());
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline.remaining());
         const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
         if (ready < 0 && errno == EINTR) continue;
         if (ready <= 0) return std::nullopt;
@@ -154,7 +154,8 @@ int run_consumer(const Args& args) {
             [&](const shm::RecordView& record) {
                 const Tick* tick = shmctx::verified_root<Tick>(record.payload);
                 if (tick->seq() != expected) {
-                    std::fprintf(stderr, "consumer: tick %" PRIu64 " arrived, expected %" PRIu64 "\n",
+                    std::fprintf(stderr,
+                                 "consumer: tick %" PRIu64 " arrived, expected %" PRIu64 "\n",
                                  tick->seq(), expected);
                     std::exit(1);
                 }
@@ -203,15 +204,15 @@ int run_feed(const Args& args, const char* self_exe) {
     options.stdin_fd = to_child[0];
     options.stdout_fd = from_child[1];
     const std::string mode = args.mode == shm::WaitMode::busy_spin ? "spin" : "block";
-    shmctx::ChildProcess child = spawner.spawn(
-        self_exe, {"--consumer", "--ns", args.ns, "--mode", mode}, {}, options);
+    shmctx::ChildProcess child =
+        spawner.spawn(self_exe, {"--consumer", "--ns", args.ns, "--mode", mode}, {}, options);
     ::close(to_child[0]);
     ::close(from_child[1]);
 
     if (read_line(from_child[0], shmctx::Deadline(10s)) != "ready") {
-        std::fprintf(stderr, "feed: the consumer did not start (%s)\n",
-                     child.wait(shmctx::Deadline(1s)) ? child.status()->describe().c_str()
-                                                      : "running");
+        std::fprintf(
+            stderr, "feed: the consumer did not start (%s)\n",
+            child.wait(shmctx::Deadline(1s)) ? child.status()->describe().c_str() : "running");
         return 1;
     }
     shm::PeerActor consumer = shm::open_peer(names, "consumer", shmctx::Deadline(5s));
@@ -262,9 +263,10 @@ int run_feed(const Args& args, const char* self_exe) {
         }
         if ((seq & 0xFFF) == 0 && std::chrono::steady_clock::now() - last_report > 250ms) {
             last_report = std::chrono::steady_clock::now();
-            std::fprintf(stderr, "\rfeed: %10" PRIu64 " ticks  %6.2f M/s  ring %4" PRIu64 "/%u msgs",
-                         seq, static_cast<double>(seq) / seconds_since(t0) / 1e6,
-                         writer.size_approx(), writer.capacity_msgs());
+            std::fprintf(stderr,
+                         "\rfeed: %10" PRIu64 " ticks  %6.2f M/s  ring %4" PRIu64 "/%u msgs", seq,
+                         static_cast<double>(seq) / seconds_since(t0) / 1e6, writer.size_approx(),
+                         writer.capacity_msgs());
         }
     }
     writer.close();

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/shm/actor_file.hpp"
@@ -30,22 +31,8 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::IsEmpty;
 
-std::vector<std::string> all_objects(const Names& names) {
-    std::vector<std::string> out;
-    for (const char* kind : {"actor", "seg", "tmp", "link"}) {
-        for (auto& n : names.list(kind)) out.push_back(names.prefix() + kind + "." + n);
-    }
-    return out;
-}
-
-/// Removes anything a failed test left in its namespace (else the leak fixture fails too).
-struct NamespaceGuard {
-    Names names;
-    explicit NamespaceGuard(std::string_view tag) : names(test::unique_ns(tag)) {}
-    ~NamespaceGuard() {
-        for (auto& object : all_objects(names)) ::unlink(shm_path(object).c_str());
-    }
-};
+using test::all_objects;
+using test::NamespaceGuard;
 
 test::Child spawn_claimer(const Names& names, const std::string& name, bool gate = false,
                           const std::vector<std::string>& env = {}) {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/shm/actor_segment.hpp"
@@ -31,23 +32,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-/// Every object of the namespace, as /dev/shm names.
-std::vector<std::string> all_objects(const Names& names) {
-    std::vector<std::string> out;
-    for (const char* kind : {"actor", "seg", "tmp", "link"}) {
-        for (auto& n : names.list(kind)) out.push_back(names.prefix() + kind + "." + n);
-    }
-    return out;
-}
-
-/// Removes whatever a failed test left (the ctest leak fixture would flag it otherwise).
-struct NamespaceGuard {
-    Names names;
-    explicit NamespaceGuard(std::string_view tag) : names(test::unique_ns(tag)) {}
-    ~NamespaceGuard() {
-        for (auto& object : all_objects(names)) ::unlink(shm_path(object).c_str());
-    }
-};
+using test::all_objects;
+using test::NamespaceGuard;
 
 /// Creates an actor file that nobody locks (a dead actor's leftover).
 void create_unlocked_file(const Names& names, std::string_view name) {
