@@ -75,11 +75,14 @@ private:
     std::error_code code_;
 };
 
+// `Name` is a class name: it cannot be parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define SHMCTX_DEFINE_ERROR(Name, code_value)                                     \
     class Name : public Error {                                                   \
     public:                                                                       \
         explicit Name(const std::string& what) : Error(Errc::code_value, what) {} \
     }
+// NOLINTEND(bugprone-macro-parentheses)
 
 /// A peer wrote an invalid index, length, kind, offset or generation: fails that link only.
 SHMCTX_DEFINE_ERROR(ProtocolError, protocol_error);
@@ -179,7 +182,7 @@ private:
         Uid sender;
         Uid receiver;
         Cid cid;
-        OverrunLimit limit;
+        OverrunLimit limit = OverrunLimit::messages;
     };
     // Shared so copying the exception (std::exception_ptr, rethrow) never allocates or throws.
     std::shared_ptr<const Data> data_;
