@@ -21,6 +21,12 @@ RingHeader* header_at(std::span<std::byte> region) noexcept {
     return std::launder(reinterpret_cast<RingHeader*>(region.data()));  // NOLINT: layout view
 }
 
+/// A record is at most a quarter of the data area, and its length must fit the header's u32.
+std::size_t max_payload_for(std::uint64_t data_bytes) noexcept {
+    return static_cast<std::size_t>(
+        std::min<std::uint64_t>(data_bytes / 4 - kRecordHeaderBytes, UINT32_MAX));
+}
+
 }  // namespace
 
 void ring_contract_violation(const char* what) noexcept {
@@ -73,7 +79,7 @@ RingWriter::RingWriter(RingHeader* header, std::byte* data, std::uint64_t data_b
       data_(data),
       mask_(data_bytes - 1),
       generation_(generation),
-      max_payload_(static_cast<std::size_t>(data_bytes / 4 - kRecordHeaderBytes)),
+      max_payload_(max_payload_for(data_bytes)),
       consumer_wakes_(consumer_wakes) {}
 
 RingWriter RingWriter::create(std::span<std::byte> region, const RingParams& params,
@@ -100,8 +106,7 @@ RingWriter RingWriter::create(std::span<std::byte> region, const RingParams& par
     imm.header_bytes = sizeof(RingHeader);
     imm.data_bytes = data_bytes;
     imm.generation = params.generation;
-    imm.max_payload_bytes = static_cast<std::uint32_t>(
-        std::min<std::uint64_t>(data_bytes / 4 - kRecordHeaderBytes, UINT32_MAX));
+    imm.max_payload_bytes = static_cast<std::uint32_t>(max_payload_for(data_bytes));
     // relaxed (all stores below): nobody reads the ring before [ring.init] publishes it.
     header->producer.tail_bytes.store(0, std::memory_order::relaxed);
     header->producer.written_msgs.store(0, std::memory_order::relaxed);
@@ -200,7 +205,7 @@ RingReader::RingReader(RingHeader* header, std::byte* data, std::uint64_t data_b
       data_(data),
       mask_(data_bytes - 1),
       generation_(generation),
-      max_payload_(static_cast<std::size_t>(data_bytes / 4 - kRecordHeaderBytes)),
+      max_payload_(max_payload_for(data_bytes)),
       max_kind_(options.max_kind),
       producer_wakes_(producer_wakes) {}
 
@@ -238,7 +243,7 @@ RingReader RingReader::attach(std::span<std::byte> region, std::uint64_t expecte
                             " is not a power of two that fits the region of " +
                             std::to_string(region.size()) + " bytes");
     }
-    if (max_payload != data_bytes / 4 - kRecordHeaderBytes) {
+    if (max_payload != max_payload_for(data_bytes)) {
         throw ProtocolError("ring max payload " + std::to_string(max_payload) +
                             " does not match its data size " + std::to_string(data_bytes));
     }
@@ -293,7 +298,7 @@ void RingReader::set_capacity_msgs(std::uint32_t capacity) noexcept {
     // relaxed: a setting; the producer reads it on every push (check_space).
     header_->consumer.capacity_msgs.store(capacity, std::memory_order::relaxed);
     // Growing the capacity may unblock a producer waiting for space.
-    (void)wake_cell(header_->producer.space_cell, producer_wakes_);
+    wake_producer();
 }
 
 void RingReader::set_allow_overruns(bool allow) noexcept {
@@ -304,7 +309,7 @@ void RingReader::set_allow_overruns(bool allow) noexcept {
 void RingReader::close() noexcept {
     // [ring.close] pairs with [ring.close] in RingWriter::check_space.
     header_->consumer.consumer_closed.store(1, std::memory_order::release);
-    (void)wake_cell(header_->producer.space_cell, producer_wakes_);
+    wake_producer();
 }
 
 bool RingReader::producer_closed() const noexcept {

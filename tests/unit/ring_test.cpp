@@ -3,10 +3,14 @@
 #include "shmctx/shm/ring.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <stdexcept>
+#include <stop_token>
 #include <thread>
 #include <vector>
 
@@ -275,6 +279,27 @@ TEST(SpscRing, DrainHandsOutABatchAndPublishesHeadOnce) {
     EXPECT_EQ(result.status, ReadResult::empty);
 }
 
+TEST(SpscRing, DrainReleasesWhatItHandedOutWhenTheCallbackThrows) {
+    LocalRing ring;
+    for (std::uint32_t i = 0; i < 3; ++i) ASSERT_EQ(write(ring.writer(), 24, i), WriteResult::ok);
+    std::vector<std::uint32_t> seen;
+    EXPECT_THROW((void)ring.reader().drain(
+                     [&](const RecordView& v) {
+                         seen.push_back(v.seq_lo);
+                         if (v.seq_lo == 1) throw std::runtime_error("callback failed");
+                     },
+                     100),
+                 std::runtime_error);
+    // The record the callback threw on was handed out: it is consumed, and its bytes and message
+    // count must go back to the producer, or a producer waiting for space waits forever.
+    EXPECT_EQ(ring.header().consumer.read_msgs.load(), 2U);
+    EXPECT_EQ(ring.header().consumer.head_bytes.load(), 2 * ring_record_bytes(24));
+    const auto result =
+        ring.reader().drain([&](const RecordView& v) { seen.push_back(v.seq_lo); }, 100);
+    EXPECT_EQ(result.count, 1U);
+    EXPECT_EQ(seen, (std::vector<std::uint32_t>{0, 1, 2}));
+}
+
 TEST(SpscRing, WriterSeesConsumerClosed) {
     LocalRing ring;
     ASSERT_EQ(write(ring.writer(), 8, 1), WriteResult::ok);
@@ -421,6 +446,27 @@ TEST(SpscRingForged, WakeSlotOutsideTheTableIsAProtocolErrorForTheWriter) {
     EXPECT_NE(ring.writer().error_text().find("wake slot"), std::string_view::npos);
 }
 
+TEST(SpscRingForged, WakeSlotOutsideTheTableIsAProtocolErrorForTheReaderInEveryWake) {
+    // release(), set_capacity_msgs() and close() all wake the producer's advertised slot.
+    for (int which = 0; which < 3; ++which) {
+        LocalRing ring;
+        ring.header().producer.space_cell.mode.store(static_cast<std::uint32_t>(WaitMode::block));
+        ring.header().producer.space_cell.waiter.store(1000);
+        if (which == 0) {
+            ASSERT_EQ(write(ring.writer(), 8, 1), WriteResult::ok);
+            RecordView view;
+            ASSERT_EQ(ring.reader().try_read(view), ReadResult::ok);
+            ring.reader().release();
+        } else if (which == 1) {
+            ring.reader().set_capacity_msgs(5);
+        } else {
+            ring.reader().close();
+        }
+        EXPECT_TRUE(ring.reader().has_protocol_error()) << "wake path " << which;
+        EXPECT_NE(ring.reader().error_text().find("wake slot"), std::string_view::npos);
+    }
+}
+
 TEST(SpscRingForged, GenerationMismatchIsRejectedAtAttach) {
     LocalRing ring;
     EXPECT_THROW((void)RingReader::attach(ring.region(), 8, ring.wakes()), ProtocolError);
@@ -454,6 +500,23 @@ TEST(SpscRing, CreateRejectsBadParameters) {
                  std::invalid_argument);
     EXPECT_THROW((void)RingWriter::create(region.subspan(16), {kData / 2, 1, 1, false}, none),
                  std::invalid_argument);
+}
+
+TEST(SpscRing, LargestRingSizesKeepThePayloadLengthInTheHeaderAndAttach) {
+    // A record's length is a u32: rings of 2^35 bytes and more must cap the payload there, and
+    // the reader must accept the header the writer wrote. Only the header page is touched.
+    constexpr std::size_t kHuge = std::size_t{1} << 35;
+    const std::size_t bytes = ring_region_bytes(kHuge);
+    void* map = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED) GTEST_SKIP() << "cannot reserve " << bytes << " bytes of address space";
+    const std::span<std::byte> region{static_cast<std::byte*>(map), bytes};
+    const WakeTable none;
+    auto writer = RingWriter::create(region, {kHuge, 3, 1, false}, none);
+    EXPECT_LE(writer.max_payload_bytes(), std::size_t{UINT32_MAX});
+    EXPECT_EQ(writer.try_claim(std::size_t{UINT32_MAX} + 1).status, WriteResult::too_large);
+    EXPECT_NO_THROW((void)RingReader::attach(region, 3, none));
+    ::munmap(map, bytes);
 }
 
 // ---- waits ----
@@ -505,6 +568,33 @@ TEST(SpscRingWait, BlockedWriterIsWokenByARelease) {
     // After the wait the space cell says "nobody waits" again, so releases skip the fence.
     EXPECT_EQ(ring.header().producer.space_cell.mode.load(),
               static_cast<std::uint32_t>(WaitMode::busy_spin));
+}
+
+TEST(SpscRingWait, WriterBlockedOnMessageCapacityIsWokenWhenARecordIsHandedOut) {
+    // try_read frees message capacity at once (the record is held, not released): a writer
+    // blocked on full_msgs must be woken by it, not only by a later release().
+    LocalRing ring({kData, 1, 1, false});
+    ASSERT_EQ(write(ring.writer(), 8, 1), WriteResult::ok);
+    // The cell already says "block": no mode-switch window polls the writer, so only a wake can
+    // end its futex wait before the deadline.
+    ring.header().producer.space_cell.mode.store(static_cast<std::uint32_t>(WaitMode::block));
+    Waiter waiter(ring.wakes(), 2);
+    std::stop_source stop;
+    std::atomic<int> status{-1};
+    std::thread producer([&] {
+        status.store(static_cast<int>(ring.writer().wait_writable(
+            8, waiter, Deadline(120s), stop.get_token(), {WaitMode::block, 10})));
+    });
+    while (ring.header().producer.space_cell.waiter.load() == 0) std::this_thread::yield();
+    RecordView view;
+    const ReadResult read = ring.reader().try_read(view);  // held: no release()
+    const Deadline woken(20s);
+    while (status.load() < 0 && !woken.expired()) std::this_thread::yield();
+    const int seen = status.load();
+    stop.request_stop();  // ends the wait if the wake was lost, so the thread can be joined
+    producer.join();
+    EXPECT_EQ(read, ReadResult::ok);
+    EXPECT_EQ(seen, static_cast<int>(WaitStatus::ready)) << "the writer was not woken";
 }
 
 TEST(SpscRingWait, WriterWaitIsCancelledByStopToken) {

@@ -115,7 +115,7 @@ struct RingImmutableBlock {
     std::uint32_t header_bytes;        ///< sizeof(RingHeader): where the data area starts
     std::uint64_t data_bytes;          ///< a power of two
     std::uint64_t generation;          ///< the arena carve's generation
-    std::uint32_t max_payload_bytes;   ///< data_bytes / 4 - 16
+    std::uint32_t max_payload_bytes;   ///< min(data_bytes / 4 - 16, 2^32 - 1): `len` is a u32
     std::uint32_t reserved0;
     std::byte reserved[kFalseSharingRange - 40];
 };
@@ -337,7 +337,7 @@ public:
     ~RingReader() = default;
 
     /// The next record, zero-copy; it stays valid until release(). Several records may be held.
-    /// Publishes read_msgs (frees message capacity at once).
+    /// Publishes read_msgs (frees message capacity at once) and wakes a producer waiting for it.
     ReadResult try_read(RecordView& out) noexcept;
     /// Releases every record returned so far: publishes head_bytes once ([ring.release]) and
     /// wakes a producer waiting for space.
@@ -346,6 +346,8 @@ public:
     /// Calls `fn(const RecordView&)` for up to `max` records, then publishes read_msgs and the
     /// head once (so the records are released when it returns). Returns how many were handed
     /// out and ok / empty / protocol_error (records before an error are still delivered).
+    /// If `fn` throws, the records handed out so far, including the one it threw on, count as
+    /// consumed and are released before the exception propagates.
     struct DrainResult {
         std::size_t count;
         ReadResult status;
@@ -594,7 +596,15 @@ inline void RingReader::publish_read() noexcept {
 
 inline ReadResult RingReader::try_read(RecordView& out) noexcept {
     const ReadResult r = next(out);
-    if (r == ReadResult::ok) publish_read();
+    if (r == ReadResult::ok) {
+        publish_read();
+        // The record may be held for long: a producer blocked on full_msgs must not wait for
+        // release(). relaxed: a hint, as in release().
+        if (header_->producer.space_cell.mode.load(std::memory_order::relaxed) !=
+            static_cast<std::uint32_t>(WaitMode::busy_spin)) {
+            wake_producer();
+        }
+    }
     return r;
 }
 
@@ -616,19 +626,29 @@ inline void RingReader::release() noexcept {
 template <class Fn>
 RingReader::DrainResult RingReader::drain(Fn&& fn, std::size_t max) noexcept(
     noexcept(fn(std::declval<RecordView&>()))) {
+    // Publishes however the loop ends, also when `fn` throws: next() has already consumed every
+    // record handed out, so its message count and bytes must go back to the producer.
+    struct Publisher {
+        RingReader& reader;
+        const std::size_t& count;
+        ~Publisher() {
+            if (count > 0) {
+                reader.publish_read();
+                reader.release();
+            }
+        }
+    };
     std::size_t count = 0;
     ReadResult status = ReadResult::empty;
-    RecordView view;
-    while (count < max) {
-        status = next(view);
-        if (status != ReadResult::ok) break;
-        ++count;
-        fn(static_cast<const RecordView&>(view));
-    }
-    if (count > 0) {
-        publish_read();
-        release();
-        if (status == ReadResult::empty) status = ReadResult::ok;
+    {
+        const Publisher publisher{*this, count};
+        RecordView view;
+        while (count < max) {
+            status = next(view);
+            if (status != ReadResult::ok) break;
+            ++count;
+            fn(static_cast<const RecordView&>(view));
+        }
     }
     return {count, count > 0 && status != ReadResult::protocol_error ? ReadResult::ok : status};
 }
