@@ -1,6 +1,7 @@
 #include "shmctx/shm/actor_file.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -334,11 +335,14 @@ std::optional<PeerActor> try_open_peer(const Names& names, std::string_view name
         const ActorInfo& info = seg->info();
         pidfd = static_cast<int>(::syscall(SYS_pidfd_open, info.pid, 0));
         if (pidfd < 0) {
-            if (errno != ESRCH) {
+            // ESRCH: no such process. The number may also have come back as a thread of
+            // another process (pids and tids share one space): ENOENT, or EINVAL on older
+            // kernels. Either way our actor is gone.
+            if (errno != ESRCH && errno != ENOENT && errno != EINVAL) {
                 throw_errno("pidfd_open(" + std::to_string(info.pid) + ")", std::string(name),
                             errno);
             }
-            reason = "its pid " + std::to_string(info.pid) + " no longer exists (dead)";
+            reason = "its pid " + std::to_string(info.pid) + " no longer names a process (dead)";
             close_fd(lock_fd);
             return std::nullopt;
         }
@@ -359,6 +363,21 @@ std::optional<PeerActor> try_open_peer(const Names& names, std::string_view name
         if (!lock_held(lock_fd) || !same_inode(lock_fd, file_path) || !seg_ino ||
             *seg_ino != seg->segment().inode()) {
             reason = "it changed while we verified it (dead or replaced)";
+            close_fd(pidfd);
+            close_fd(lock_fd);
+            return std::nullopt;
+        }
+        // The lock proves only that someone holds the name: an exited but unreaped creator
+        // (pid and start time still match) whose successor holds the lock but has not yet
+        // replaced the segment passes every check above. The creator is alive now, checked
+        // after the lock, so it held the name then (it unpublishes before it lets go).
+        pollfd exited{pidfd, POLLIN, 0};
+        int polled = 0;
+        while ((polled = ::poll(&exited, 1, 0)) < 0 && errno == EINTR) {
+        }
+        if (polled < 0) throw_errno("poll(pidfd)", std::string(name), errno);
+        if (polled > 0) {
+            reason = "its process " + std::to_string(info.pid) + " has exited (dead)";
             close_fd(pidfd);
             close_fd(lock_fd);
             return std::nullopt;
@@ -429,25 +448,33 @@ ReclaimReport reclaim_stale(const Names& names, bool dry_run) {
         }
         const std::string file_name = names.actor_file(name);
         const bool had_file = path_inode(shm_path(file_name)).has_value();
-        if (dry_run) {
-            if (lock_state(names, name) == LockState::held) {
+        // One entry that cannot be probed or claimed (e.g. planted by another user in the
+        // world-writable /dev/shm) must not stop the sweep of every name after it.
+        try {
+            if (dry_run) {
+                if (lock_state(names, name) == LockState::held) {
+                    note_live(name);
+                    continue;
+                }
+                reclaim_name(names, name, arenas, true, report);
+                if (had_file) report.removed.push_back(file_name);
+                continue;
+            }
+            // Take the lock while cleaning: a claimer that arrives meanwhile waits (its
+            // contention_wait) or, once we unlinked the file, creates a new one.
+            auto file = ActorFile::try_claim(names, name);
+            if (!file) {
                 note_live(name);
                 continue;
             }
-            reclaim_name(names, name, arenas, true, report);
+            reclaim_name(names, name, arenas, false, report);
+            file->release();
             if (had_file) report.removed.push_back(file_name);
-            continue;
+        } catch (const Error& e) {
+            // Its owner (if any) is unknown: keep every arena, as for an unreadable segment.
+            live_unknown = true;
+            report.notes.push_back("skipped '" + name + "': " + e.what());
         }
-        // Take the lock while cleaning: a claimer that arrives meanwhile waits (its
-        // contention_wait) or, once we unlinked the file, creates a new one.
-        auto file = ActorFile::try_claim(names, name);
-        if (!file) {
-            note_live(name);
-            continue;
-        }
-        reclaim_name(names, name, arenas, false, report);
-        file->release();
-        if (had_file) report.removed.push_back(file_name);
     }
 
     for (const auto& a : arenas) {

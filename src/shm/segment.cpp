@@ -209,7 +209,10 @@ std::optional<Segment> Segment::try_open(const std::string& name, SegmentOptions
                           " bytes, fewer than the " + std::to_string(need) + " expected");
     }
     try {
-        impl->region = bip::mapped_region(impl->object, access_mode(options));
+        // Map exactly the size validated above: without an explicit size Boost would fstat the
+        // object again, and that second read is what the mapping would then trust.
+        impl->region = bip::mapped_region(impl->object, access_mode(options), 0,
+                                          static_cast<std::size_t>(st.st_size));
     } catch (const bip::interprocess_exception& e) {
         throw_for_boost("mmap", name, e);
     }

@@ -244,6 +244,26 @@ TEST(ActorXproc, PidReuseIsNeverMistakenForLiveness) {
     EXPECT_THAT(all_objects(ns.names), IsEmpty());
 }
 
+TEST(ActorXproc, UnreapedDeadCreatorIsNotLiveWhileASuccessorHoldsTheName) {
+    NamespaceGuard ns("zombie");
+    test::Child dead = spawn_claimer(ns.names, "z");
+    std::string seen;
+    ASSERT_TRUE(read_ready(dead, &seen).has_value()) << seen << "; helper " << dead.describe();
+    // Killed but not reaped: a zombie whose pid and start time still match its header.
+    dead.kill(SIGKILL);
+    ASSERT_TRUE(test::wait_until([&] { return lock_state(ns.names, "z") == LockState::free; }))
+        << dead.describe();
+    // A successor has claimed the name but not yet replaced the dead one's segment.
+    std::optional<ActorFile> successor = ActorFile::claim(ns.names, "z");
+    EXPECT_THROW((void)open_peer(ns.names, "z", 50ms), ActorNotFound)
+        << "the segment of an exited process was verified as live";
+    const auto status = dead.wait();
+    ASSERT_TRUE(status.has_value()) << dead.describe();
+    successor.reset();
+    (void)reclaim_stale(ns.names, false);
+    EXPECT_THAT(all_objects(ns.names), IsEmpty());
+}
+
 /// Records when each liveness event arrived.
 class EventLog {
 public:

@@ -305,6 +305,23 @@ TEST(ReclaimStale, KeepsArenasWhenALiveActorsSegmentIsUnreadable) {
     EXPECT_FALSE(report.notes.empty());
 }
 
+TEST(ReclaimStale, AnUnclaimableEntryIsNotedAndTheRestIsStillSwept) {
+    NamespaceGuard ns("reclaim-odd");
+    // An entry under an actor-file name that cannot be opened as one (here a directory; a file
+    // planted by another user in the world-writable /dev/shm fails the same way). It sorts
+    // before the dead actor, whose leftovers must still go.
+    const std::string odd = shm_path(ns.names.actor_file("aaa"));
+    ASSERT_EQ(::mkdir(odd.c_str(), 0700), 0) << odd;
+    create_unlocked_file(ns.names, "zzz");
+    { auto seg = ActorSegment::create(ns.names, "zzz", Uuid::random()); }
+
+    ReclaimReport report;
+    EXPECT_NO_THROW(report = reclaim_stale(ns.names, false));
+    ::rmdir(odd.c_str());
+    EXPECT_THAT(all_objects(ns.names), ::testing::IsEmpty());
+    EXPECT_THAT(::testing::PrintToString(report.notes), HasSubstr("aaa"));
+}
+
 TEST(OpenPeer, MissingActorIsActorNotFoundNamingActorAndNamespace) {
     NamespaceGuard ns("notfound");
     try {
@@ -325,6 +342,36 @@ TEST(OpenPeer, VerifiedPeerExposesUuidPidAndPidfd) {
     EXPECT_GE(peer.pidfd(), 0);
     EXPECT_TRUE(lock_held(peer.lock_fd()));
     EXPECT_EQ(::fcntl(peer.pidfd(), F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+}
+
+TEST(OpenPeer, PidReusedAsAThreadIdIsNotLive) {
+    // pids and thread ids share one number space: a dead actor's pid can come back as a
+    // thread of another process, which pidfd_open refuses with EINVAL (not ESRCH).
+    NamespaceGuard ns("tid");
+    std::atomic<pid_t> tid{0};
+    std::atomic<bool> done{false};
+    std::thread thread([&] {
+        // relaxed: the id is the only datum handed over; the stop flag publishes nothing.
+        tid.store(static_cast<pid_t>(::syscall(SYS_gettid)), std::memory_order::relaxed);
+        while (!done.load(std::memory_order::relaxed)) std::this_thread::yield();
+    });
+    // relaxed: see above.
+    ASSERT_TRUE(test::wait_until([&] { return tid.load(std::memory_order::relaxed) != 0; }));
+    const pid_t thread_id = tid.load(std::memory_order::relaxed);  // relaxed: see above
+    const auto start = process_start_time(thread_id);
+    ASSERT_TRUE(start.has_value());
+    {
+        auto file = ActorFile::claim(ns.names, "t");  // a successor holds the name
+        auto seg = ActorSegment::create(ns.names, "t", Uuid::random());
+        seg.raw_header().pid = thread_id;
+        seg.raw_header().start_time = *start;
+        EXPECT_THROW((void)open_peer(ns.names, "t", std::chrono::milliseconds(20)), ActorNotFound);
+        Segment::remove(seg.published_name());
+        file.release();
+    }
+    done.store(true, std::memory_order::relaxed);  // relaxed: see above
+    thread.join();
+    EXPECT_THAT(all_objects(ns.names), ::testing::IsEmpty());
 }
 
 /// Collects watcher events; waits for them with a deadline.

@@ -156,7 +156,8 @@ struct ReclaimReport {
 /// free (taken while cleaning): its segment, tmp.<name>.*, arenas it owned, then its actor
 /// file; seg/tmp entries with no actor file (the same way); arenas whose owner uuid is no live
 /// actor's (arenas are listed first, so an arena created by an actor that starts during the
-/// sweep is never touched). `dry_run` only reports.
+/// sweep is never touched). A name whose entry cannot be probed or claimed is skipped with a
+/// note, and then no arena is removed (its owner is unknown). `dry_run` only reports.
 ReclaimReport reclaim_stale(const Names& names, bool dry_run = false);
 
 }  // namespace shmctx::shm
