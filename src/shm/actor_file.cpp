@@ -333,6 +333,14 @@ std::optional<PeerActor> try_open_peer(const Names& names, std::string_view name
             return std::nullopt;
         }
         const ActorInfo& info = seg->info();
+        // The segment under seg.<name> must say it is <name> of this namespace; anything else
+        // is a corrupt or misplaced header, never a live peer of that name.
+        if (info.name != name || info.ns != names.ns()) {
+            reason = "its segment names actor '" + info.name + "' in namespace '" + info.ns +
+                     "' (corrupt)";
+            close_fd(lock_fd);
+            return std::nullopt;
+        }
         pidfd = static_cast<int>(::syscall(SYS_pidfd_open, info.pid, 0));
         if (pidfd < 0) {
             // ESRCH: no such process. The number may also have come back as a thread of

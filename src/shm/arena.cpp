@@ -195,7 +195,8 @@ std::size_t Arena::collect(bool peer_dead) {
         // accesses to the body happened before we hand the slot out again. A dead peer's
         // accesses are over (the kernel says so).
         const bool detached =
-            peer_dead || carve_header(it->slot).detached.load(std::memory_order::acquire) == 1;
+            peer_dead ||
+            carve_header(it->slot).detached.load(std::memory_order::acquire) == it->generation;
         if (detached) {
             const std::uint64_t cls = class_bytes(static_cast<std::size_t>(it->bytes));
             free_[class_index(cls)].push_back(it->slot);
@@ -320,8 +321,9 @@ std::span<std::byte> ArenaView::attach(const CarveDescriptor& descriptor) const 
 
 void ArenaView::detach(const CarveDescriptor& descriptor) const {
     CarveHeader& header = validated_header(descriptor);
-    // [arena.detach] pairs with [arena.reclaim] in Arena::collect.
-    header.detached.store(1, std::memory_order::release);
+    // [arena.detach] pairs with [arena.reclaim] in Arena::collect. The generation, not a flag:
+    // a detach with a stale descriptor that raced a re-carve cannot free the new carve.
+    header.detached.store(descriptor.generation, std::memory_order::release);
 }
 
 }  // namespace shmctx::shm

@@ -344,6 +344,25 @@ TEST(OpenPeer, VerifiedPeerExposesUuidPidAndPidfd) {
     EXPECT_EQ(::fcntl(peer.pidfd(), F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
 }
 
+TEST(OpenPeer, SegmentNamingAnotherActorIsNotAPeer) {
+    NamespaceGuard ns("misnamed");
+    auto file = ActorFile::claim(ns.names, "t");
+    auto seg = ActorSegment::create(ns.names, "t", Uuid::random());
+    // Control: as published, the segment is a live peer (this process).
+    EXPECT_NO_THROW((void)open_peer(ns.names, "t", std::chrono::seconds(1)));
+    // The header now names another actor: a corrupt or misplaced segment, not "t".
+    std::memcpy(seg.raw_header().name, "u", 2);
+    try {
+        (void)open_peer(ns.names, "t", std::chrono::milliseconds(20));
+        ADD_FAILURE() << "open_peer accepted a segment naming another actor";
+    } catch (const ActorNotFound& e) {
+        EXPECT_THAT(e.what(), HasSubstr("names actor 'u'"));
+    }
+    Segment::remove(seg.published_name());
+    file.release();
+    EXPECT_THAT(all_objects(ns.names), ::testing::IsEmpty());
+}
+
 TEST(OpenPeer, PidReusedAsAThreadIdIsNotLive) {
     // pids and thread ids share one number space: a dead actor's pid can come back as a
     // thread of another process, which pidfd_open refuses with EINVAL (not ESRCH).

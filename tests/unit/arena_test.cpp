@@ -83,6 +83,25 @@ TEST_F(ArenaTest, ReuseWaitsForDetachAndBumpsTheGeneration) {
     EXPECT_NO_THROW((void)view.attach(third.descriptor));
 }
 
+TEST_F(ArenaTest, LateDetachWithAStaleDescriptorDoesNotFreeTheNewCarve) {
+    Arena arena = Arena::create(names, owner, peer, {std::size_t{1} << 20, 0600});
+    ArenaView view = ArenaView::open(names, owner, peer);
+    const Carve first = arena.carve(1000);
+    arena.release(first.descriptor);
+    view.detach(first.descriptor);
+    const Carve second = arena.carve(1000);  // collects and reuses the slot
+    ASSERT_EQ(second.descriptor.offset, first.descriptor.offset);
+    // A buggy consumer's second detach of the old descriptor passed its generation check just
+    // before the re-carve and stores now: its store names the old generation.
+    auto* header = reinterpret_cast<CarveHeader*>(  // NOLINT: a view of the carve header
+        const_cast<std::byte*>(second.body.data()) - kCarveHeaderBytes);
+    header->detached.store(first.descriptor.generation, std::memory_order::release);
+    arena.release(second.descriptor);
+    EXPECT_EQ(arena.collect(), 0U);  // the live carve is not freed by the stale detach
+    view.detach(second.descriptor);
+    EXPECT_EQ(arena.collect(), 1U);
+}
+
 TEST_F(ArenaTest, ReuseIsByClassOnly) {
     Arena arena = Arena::create(names, owner, peer, {std::size_t{1} << 20, 0600});
     ArenaView view = ArenaView::open(names, owner, peer);

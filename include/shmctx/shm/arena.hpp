@@ -26,7 +26,7 @@
 //
 // Lifecycle of a slot: carve (generation = ++arena generation, published with release) →
 // descriptor {offset, bytes, generation} sent to the consumer (control ring) → consumer
-// attach (checks bounds and generation) ... detach (stores `detached` = 1, release) → owner
+// attach (checks bounds and generation) ... detach (stores `detached` = generation, release) → owner
 // release (pending) → owner collect (sees detached with acquire, or the peer is dead) → free
 // list of its class → a later carve of that class reuses it with a new generation, so a stale
 // descriptor is rejected at attach.
@@ -94,8 +94,10 @@ struct CarveHeader {
     std::atomic<std::uint64_t> bytes;        ///< body bytes
     std::atomic<std::uint64_t> class_bytes;  ///< slot size
     std::byte owner_pad[kCacheLine - 32];
-    std::atomic<std::uint32_t> detached;  ///< 1: the consumer no longer touches the body
-    std::uint32_t reserved0;
+    /// The generation the consumer detached from (0: attached or not yet seen). Storing the
+    /// generation, not a flag, means a late or repeated detach with an old descriptor can never
+    /// mark a newer carve of the same slot as free.
+    std::atomic<std::uint64_t> detached;
     std::byte consumer_pad[kCacheLine - 8];
 };
 static_assert(sizeof(CarveHeader) == kCarveHeaderBytes);
