@@ -194,9 +194,8 @@ std::size_t Arena::collect(bool peer_dead) {
         // [arena.reclaim] pairs with [arena.detach] in ArenaView::detach: the consumer's last
         // accesses to the body happened before we hand the slot out again. A dead peer's
         // accesses are over (the kernel says so).
-        const bool detached =
-            peer_dead ||
-            carve_header(it->slot).detached.load(std::memory_order::acquire) == it->generation;
+        const bool detached = peer_dead || carve_header(it->slot).detached.load(
+                                               std::memory_order::acquire) == it->generation;
         if (detached) {
             const std::uint64_t cls = class_bytes(static_cast<std::size_t>(it->bytes));
             free_[class_index(cls)].push_back(it->slot);

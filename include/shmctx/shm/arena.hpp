@@ -26,8 +26,8 @@
 //
 // Lifecycle of a slot: carve (generation = ++arena generation, published with release) →
 // descriptor {offset, bytes, generation} sent to the consumer (control ring) → consumer
-// attach (checks bounds and generation) ... detach (stores `detached` = generation, release) → owner
-// release (pending) → owner collect (sees detached with acquire, or the peer is dead) → free
+// attach (checks bounds and generation) ... detach (stores `detached` = generation, release) →
+// owner release (pending) → owner collect (sees detached with acquire, or the peer is dead) → free
 // list of its class → a later carve of that class reuses it with a new generation, so a stale
 // descriptor is rejected at attach.
 //
