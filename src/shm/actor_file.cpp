@@ -341,6 +341,14 @@ std::optional<PeerActor> try_open_peer(const Names& names, std::string_view name
             close_fd(lock_fd);
             return std::nullopt;
         }
+        // The creator holds an OFD lock on its segment until its fd closes; the kernel drops it
+        // when the process exits, before the process becomes a zombie (and its pidfd readable).
+        // A successor that already holds the actor-file lock never locks this old inode.
+        if (!seg->segment().locked_elsewhere()) {
+            reason = "its segment's creator lock is free (the creator has exited)";
+            close_fd(lock_fd);
+            return std::nullopt;
+        }
         pidfd = static_cast<int>(::syscall(SYS_pidfd_open, info.pid, 0));
         if (pidfd < 0) {
             // ESRCH: no such process. The number may also have come back as a thread of

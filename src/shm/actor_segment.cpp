@@ -168,6 +168,13 @@ ActorSegment ActorSegment::create(const Names& names, std::string_view name, con
     Segment seg =
         Segment::create(tmp, kTotalBytes, SegmentOptions{options.mode, false}, Backing::allocate);
     try {
+        // The creator lock: held for as long as this actor's segment fd is open, i.e. until it
+        // destroys its ActorSegment or its process dies. open_peer trusts a published segment
+        // only while it is held, so the segment of a dead creator is never live, even while a
+        // successor holds the name's actor-file lock (protocol.md §2 R5).
+        if (!seg.try_lock_exclusive()) {
+            throw SystemError("the fresh segment '" + tmp + "' is locked by someone else");
+        }
         // The object is fresh (zero-filled by the kernel); construct every shared object.
         auto* head = new (seg.data()) ActorSegmentHead{};
         ActorHeader& h = head->header;

@@ -250,6 +250,29 @@ std::byte* Segment::data() const noexcept {
 std::size_t Segment::size() const noexcept { return impl_->region.get_size(); }
 int Segment::fd() const noexcept { return native_fd(impl_->object); }
 ino_t Segment::inode() const noexcept { return impl_->inode; }
+
+bool Segment::try_lock_exclusive() const {
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = 0;
+    fl.l_len = 0;  // the whole object
+    if (::fcntl(fd(), F_OFD_SETLK, &fl) == 0) return true;
+    if (errno == EAGAIN || errno == EACCES) return false;
+    throw SystemError("fcntl(F_OFD_SETLK) on '" + impl_->name + "': " + std::strerror(errno));
+}
+
+bool Segment::locked_elsewhere() const {
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    if (::fcntl(fd(), F_OFD_GETLK, &fl) != 0) {
+        throw SystemError("fcntl(F_OFD_GETLK) on '" + impl_->name + "': " + std::strerror(errno));
+    }
+    return fl.l_type != F_UNLCK;
+}
 const std::string& Segment::name() const noexcept { return impl_->name; }
 
 }  // namespace shmctx::shm

@@ -363,6 +363,30 @@ TEST(OpenPeer, SegmentNamingAnotherActorIsNotAPeer) {
     EXPECT_THAT(all_objects(ns.names), ::testing::IsEmpty());
 }
 
+TEST(OpenPeer, SegmentWhoseCreatorLockIsFreeIsNotLiveEvenUnderAHeldName) {
+    // The window between an exiting creator closing its fds and becoming a zombie: its pid and
+    // start time still match and its pidfd is not yet readable, and a successor may already
+    // hold the name. Here the "creator" is this (live) process, so only the segment's creator
+    // lock can tell: it goes with the creator's segment fd.
+    NamespaceGuard ns("creator-lock");
+    auto successor = ActorFile::claim(ns.names, "s");
+    { auto seg = ActorSegment::create(ns.names, "s", Uuid::random()); }  // fd closed, lock gone
+    ASSERT_EQ(lock_state(ns.names, "s"), LockState::held);
+    try {
+        (void)open_peer(ns.names, "s", std::chrono::milliseconds(20));
+        ADD_FAILURE() << "a segment whose creator let go of it was taken for a live peer";
+    } catch (const ActorNotFound& e) {
+        EXPECT_THAT(e.what(), HasSubstr("creator lock is free"));
+    }
+    // Control: the same name with a segment whose creator still holds it is live.
+    Segment::remove(ns.names.actor_segment("s"));
+    auto live = ActorSegment::create(ns.names, "s", Uuid::random());
+    EXPECT_NO_THROW((void)open_peer(ns.names, "s", std::chrono::seconds(1)));
+    Segment::remove(live.published_name());
+    successor.release();
+    EXPECT_THAT(all_objects(ns.names), ::testing::IsEmpty());
+}
+
 TEST(OpenPeer, PidReusedAsAThreadIdIsNotLive) {
     // pids and thread ids share one number space: a dead actor's pid can come back as a
     // thread of another process, which pidfd_open refuses with EINVAL (not ESRCH).

@@ -71,6 +71,14 @@ public:
     int fd() const noexcept;
     /// Inode number of the object, to detect that a name now refers to a new object.
     ino_t inode() const noexcept;
+    /// Takes an exclusive OFD lock on the whole object through this Segment's fd (which must
+    /// be writable). It lasts until this Segment is destroyed or the process exits (the kernel
+    /// drops it when the fd closes, crash included). false if another open file description
+    /// holds a lock on the object.
+    bool try_lock_exclusive() const;
+    /// True if an open file description other than this Segment's holds a lock on the object
+    /// (F_OFD_GETLK; works on a read-only mapping too).
+    bool locked_elsewhere() const;
     const std::string& name() const noexcept;
 
 private:
