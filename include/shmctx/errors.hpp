@@ -49,6 +49,8 @@ enum class Errc : int {
     payload_too_large,   ///< a value does not fit the control record cap: stream it
     transport_closed,    ///< the link to the peer was closed
     peer_died,           ///< the peer process died (kernel evidence), a transport_closed
+    timed_out,           ///< a call's deadline passed (Portal::run)
+    not_exposed,         ///< the peer has no endpoint of that name
 };
 
 const std::error_category& error_category() noexcept;
@@ -112,6 +114,12 @@ SHMCTX_DEFINE_ERROR(EndOfChannel, end_of_channel);
 SHMCTX_DEFINE_ERROR(ClosedResourceError, closed_resource);
 /// The actor already runs max_endpoints endpoints; the Start is refused with this, boxed.
 SHMCTX_DEFINE_ERROR(TooManyContexts, too_many_contexts);
+/// A call's deadline passed before its result arrived (Portal::run); the remote task was
+/// cancelled.
+SHMCTX_DEFINE_ERROR(TimedOut, timed_out);
+/// The actor asked to run a function has no endpoint of that name (Actor::expose); the
+/// parent sees it boxed in a RemoteActorError at open_context / run entry.
+SHMCTX_DEFINE_ERROR(NotExposed, not_exposed);
 
 #undef SHMCTX_DEFINE_ERROR
 

@@ -238,7 +238,28 @@ ArenaView ArenaView::open(const Names& names, const Uuid& owner, const Uuid& pee
 }
 
 ArenaView ArenaView::open(const std::string& name, const Uuid& owner, const Uuid& peer) {
-    Segment segment = Segment::open(name, {}, kArenaCarveBase);
+    return validated(Segment::open(name, {}, kArenaCarveBase), name, owner, peer);
+}
+
+std::optional<ArenaView> ArenaView::try_open(const Names& names, const Uuid& owner,
+                                             const Uuid& peer) {
+    const std::string name = names.arena(owner, peer);
+    std::optional<Segment> segment;
+    try {
+        segment = Segment::try_open(name, {}, kArenaCarveBase);
+    } catch (const LayoutError&) {
+        return std::nullopt;  // shorter than its header: the owner is still sizing it
+    }
+    if (!segment) return std::nullopt;
+    const auto* header =
+        std::launder(reinterpret_cast<const ArenaHeader*>(segment->data()));  // NOLINT
+    // [arena.init] pairs with [arena.init] in Arena::create: zero until the header is built.
+    if (header->magic.load(std::memory_order::acquire) == 0) return std::nullopt;
+    return validated(std::move(*segment), name, owner, peer);
+}
+
+ArenaView ArenaView::validated(Segment segment, const std::string& name, const Uuid& owner,
+                               const Uuid& peer) {
     const auto* header =
         std::launder(reinterpret_cast<const ArenaHeader*>(segment.data()));  // NOLINT
     // [arena.init] pairs with [arena.init] in Arena::create.

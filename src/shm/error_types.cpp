@@ -153,6 +153,8 @@ public:
         add(typeid(EndOfChannel), "EndOfChannel");
         add(typeid(ClosedResourceError), "ClosedResourceError");
         add(typeid(TooManyContexts), "TooManyContexts");
+        add(typeid(TimedOut), "TimedOut");
+        add(typeid(NotExposed), "NotExposed");
         add(typeid(InvalidOperation), "InvalidOperation");
         add(typeid(PayloadTooLarge), "PayloadTooLarge");
         add(typeid(TransportClosed), "TransportClosed");

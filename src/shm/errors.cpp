@@ -46,6 +46,10 @@ public:
                 return "transport closed";
             case Errc::peer_died:
                 return "peer died";
+            case Errc::timed_out:
+                return "timed out";
+            case Errc::not_exposed:
+                return "not exposed";
         }
         return "unknown shmctx error";
     }

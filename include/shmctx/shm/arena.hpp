@@ -40,6 +40,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -191,6 +192,10 @@ public:
     /// versions (LayoutError naming both), owner and peer uuids and sizes (ProtocolError).
     static ArenaView open(const Names& names, const Uuid& owner, const Uuid& peer);
     static ArenaView open(const std::string& name, const Uuid& owner, const Uuid& peer);
+    /// As open(), but nullopt while the arena does not exist or its owner has not finished
+    /// its header (magic still zero): for a peer that polls for an arena being created.
+    static std::optional<ArenaView> try_open(const Names& names, const Uuid& owner,
+                                             const Uuid& peer);
 
     /// The body of the carve `descriptor` names, after checking its bounds, alignment and the
     /// generation in the carve header (ProtocolError on any mismatch).
@@ -206,6 +211,8 @@ private:
     ArenaView(Segment segment, std::uint64_t virtual_bytes) noexcept
         : segment_(std::move(segment)), virtual_bytes_(virtual_bytes) {}
     CarveHeader& validated_header(const CarveDescriptor& descriptor) const;
+    static ArenaView validated(Segment segment, const std::string& name, const Uuid& owner,
+                               const Uuid& peer);
 
     Segment segment_;
     std::uint64_t virtual_bytes_;

@@ -59,6 +59,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <stop_token>
 #include <string_view>
@@ -279,6 +280,24 @@ public:
     void close() noexcept;
     /// Counts an overrun the sender decided on (diagnostic counter in the producer block).
     void note_overrun() noexcept;
+    /// Advertises (or, with nullopt, withdraws) wake slot `slot_index` of the producer's table
+    /// in the space cell, in block mode, until withdrawn: the consumer's releases then wake
+    /// it. For a producer that waits for space on a thread that waits for other things too (the
+    /// control loop flushing an outbox). After advertising, re-check the space before sleeping.
+    void advertise_space_waiter(std::optional<std::uint32_t> slot_index) noexcept {
+        if (slot_index) {
+            // relaxed: ordered before the owner's re-check by the fence below.
+            header_->producer.space_cell.mode.store(static_cast<std::uint32_t>(WaitMode::block),
+                                                    std::memory_order::relaxed);
+            header_->producer.space_cell.waiter.store(*slot_index + 1, std::memory_order::relaxed);
+            storeload_fence();  // [wake.storeload] pairs with the fence in wake_cell()
+        } else {
+            // relaxed: a stale advertisement costs the consumer one spurious wake at most.
+            header_->producer.space_cell.waiter.store(0, std::memory_order::relaxed);
+            header_->producer.space_cell.mode.store(static_cast<std::uint32_t>(WaitMode::busy_spin),
+                                                    std::memory_order::relaxed);
+        }
+    }
 
     // Consumer settings as last published (read fresh, validated by nothing: any value is legal).
     std::uint32_t capacity_msgs() const noexcept;
@@ -358,6 +377,30 @@ public:
     /// Waits until try_read would not return empty (or the ring is broken).
     WaitStatus wait_readable(Waiter& waiter, const Deadline& deadline = {},
                              const std::stop_token& stop = {}, WaitPolicy policy = {});
+    /// As wait_readable, and also ready as soon as `also()` is true: a reader that must wake for
+    /// other events too (a context's terminals) has their signaller ring waiter.slot() after
+    /// making `also()` true (the [wake.storeload] protocol, with `also` as the condition).
+    template <class Also>
+    WaitStatus wait_readable_or(Waiter& waiter, Also&& also, const Deadline& deadline = {},
+                                const std::stop_token& stop = {}, WaitPolicy policy = {}) {
+        const auto ready = [&]() {
+            return failed_ || position_ != cached_tail_ || refresh_tail() || failed_ || also();
+        };
+        if (ready()) return WaitStatus::ready;
+        return waiter.wait(header_->consumer.data_cell, ready, deadline, stop, policy);
+    }
+    /// Advertises wake slot `slot_index` of the consumer's table in the data cell for good, in
+    /// block mode: every publish then wakes that slot. For a reader whose thread waits on that
+    /// slot for many things at once (the control loop's doorbell, DESIGN.md §3); never combine
+    /// it with wait_readable on the same reader.
+    void advertise_permanently(std::uint32_t slot_index) noexcept {
+        // relaxed (both): the producer reads the cell after its [wake.storeload] fence; the
+        // owner re-checks the ring after this store before it first sleeps (its pass drains).
+        header_->consumer.data_cell.mode.store(static_cast<std::uint32_t>(WaitMode::block),
+                                               std::memory_order::relaxed);
+        header_->consumer.data_cell.waiter.store(slot_index + 1, std::memory_order::relaxed);
+        storeload_fence();  // [wake.storeload]: the store above before the owner's next check
+    }
 
     /// Changes the message capacity; applies to every push after the store is visible.
     void set_capacity_msgs(std::uint32_t capacity) noexcept;

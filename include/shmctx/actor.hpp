@@ -1,0 +1,189 @@
+// Actors and portals (DESIGN.md §3, §5; tractor spec §1, §2).
+//
+// An Actor is a named participant in a namespace: it owns its actor file and segment, a control
+// loop thread that only waits on its doorbell, a liveness watcher, an endpoint thread pool and
+// the links to the actors it talks to. `connect(name)` links to a peer and returns a Portal;
+// `portal.open_context(fn, args, body)` runs `fn` in the peer and `body` here, linked as one
+// Context.
+//
+//     shmctx::Actor feed("feed");
+//     feed.expose("quotes", [](shmctx::Context& ctx, const shmctx::Payload& args) {
+//         ctx.started(shmctx::Payload::value(args.value<std::int64_t>() + 1));
+//         auto stream = ctx.open_stream();
+//         for (auto& msg : stream) stream.send(msg.view());   // echo until the parent closes
+//         return shmctx::Payload{};
+//     });
+//
+//     shmctx::Actor client("client");
+//     auto portal = client.connect("feed");
+//     auto r = portal.open_context("quotes", shmctx::Payload::value(10),
+//                                  [](shmctx::Context& ctx, const shmctx::Payload& first) {
+//                                      auto stream = ctx.open_stream();
+//                                      stream.send("ping");
+//                                      return std::string(stream.receive().text());
+//                                  });
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "shmctx/context.hpp"
+#include "shmctx/deadline.hpp"
+#include "shmctx/ids.hpp"
+#include "shmctx/payload.hpp"
+
+namespace shmctx {
+
+namespace detail {
+class ActorCore;
+class LinkHandle;
+}  // namespace detail
+
+/// An exposed function: runs in the child actor on an endpoint thread, inside the context's
+/// cancel scope. Its return value is the context's Return; an exception escaping it is boxed
+/// and shipped to the parent (spec §3.8).
+using Endpoint = std::function<Payload(Context&, const Payload& args)>;
+
+struct ActorOptions {
+    /// Namespace (empty: $SHMCTX_NS, else "default"). Actors see only their namespace.
+    std::string ns;
+    /// Mode of the actor's shared-memory objects.
+    mode_t mode = 0600;
+    /// Most endpoints running at once; a Start past it is refused with a boxed
+    /// TooManyContexts.
+    std::size_t max_endpoints = 1024;
+    /// An idle endpoint thread retires after this long.
+    Duration endpoint_idle_timeout = std::chrono::seconds(5);
+    /// Default inbound message capacity of our contexts (tractor's 64).
+    std::uint32_t msg_buffer_size = 64;
+    /// Data bytes of each data ring we carve (a power of two >= 4 KiB); a message may use a
+    /// quarter of it.
+    std::size_t data_ring_bytes = 256 * 1024;
+    /// Virtual size of each link arena (sparse: only carved rings use memory).
+    std::size_t arena_bytes = std::size_t{256} << 20;
+    /// Cap on one control record: a bigger start argument, started() or Return value is
+    /// PayloadTooLarge (stream it instead); error tracebacks are truncated to fit.
+    std::size_t max_control_record_bytes = 16 * 1024;
+    /// Liveness heartbeat period; a peer whose heartbeat is older than `unresponsive_after` is
+    /// reported unresponsive (never dead: death needs kernel evidence).
+    Duration heartbeat_interval = std::chrono::milliseconds(100);
+    Duration unresponsive_after = std::chrono::seconds(2);
+};
+
+struct ExposeOptions {
+    /// Our inbound settings for contexts of this endpoint (0: the actor's default).
+    std::uint32_t msg_buffer_size = 0;
+    bool allow_overruns = false;
+};
+
+struct OpenOptions {
+    /// Our inbound settings for this context (0: the actor's default).
+    std::uint32_t msg_buffer_size = 0;
+    bool allow_overruns = false;
+};
+
+/// What open_context returns: the outcome (a value, or our own absorbed cancel) and the body's
+/// return value (unset when the body was cancelled and the cancel absorbed).
+template <class R>
+struct ContextResult {
+    Outcome outcome;
+    std::optional<R> value;
+};
+template <>
+struct ContextResult<void> {
+    Outcome outcome;
+};
+
+/// A local handle to a linked peer actor.
+/// Thread-safety: thread-safe; copies share the link.
+class Portal {
+public:
+    const Uid& peer() const noexcept;
+    /// Our own actor.
+    const Uid& self() const noexcept;
+
+    /// Runs `fn` in the peer with `args` and `body(Context&, const Payload& first)` here, as one
+    /// context (spec §2.1, exit algorithm §3.5):
+    ///  - errors before the child's started() are raised here at entry (RemoteActorError, or
+    ///    ContextCancelled); an unknown `fn` is a RemoteActorError saying it is not exposed;
+    ///  - the body's normal exit waits for the child's result (its error raised, our own
+    ///    absorbed cancel returned in `outcome`);
+    ///  - a body error cancels the context and is rethrown unchanged;
+    ///  - an EndOfChannel of this context's own stream escaping the body is absorbed.
+    /// Opening a context with our own actor: InvalidOperation. TransportClosed/PeerDied when
+    /// the link is lost. Blocking waits observe the caller's cancel scope.
+    template <class Body>
+    auto open_context(std::string_view fn, PayloadView args, Body&& body, OpenOptions options = {})
+        -> ContextResult<std::invoke_result_t<Body&, Context&, const Payload&>> {
+        using R = std::invoke_result_t<Body&, Context&, const Payload&>;
+        ContextResult<R> out;
+        if constexpr (std::is_void_v<R>) {
+            out.outcome = run_context(fn, args, options, [&](Context& ctx, const Payload& first) {
+                body(ctx, first);
+            });
+        } else {
+            out.outcome = run_context(fn, args, options, [&](Context& ctx, const Payload& first) {
+                out.value.emplace(body(ctx, first));
+            });
+        }
+        return out;
+    }
+    /// One-shot RPC: opens a context on `fn` and returns its Return value (the child need not
+    /// call started()). Raises the child's error; past `deadline` the remote task is
+    /// cancelled and TimedOut raised.
+    Payload run(std::string_view fn, PayloadView args = {}, Deadline deadline = {});
+
+private:
+    friend class Actor;
+    Portal(std::shared_ptr<detail::ActorCore> core, std::shared_ptr<detail::LinkHandle> link)
+        : core_(std::move(core)), link_(std::move(link)) {}
+    using BodyFn = std::function<void(Context&, const Payload&)>;
+    Outcome run_context(std::string_view fn, PayloadView args, const OpenOptions& options,
+                        const BodyFn& body);
+    std::shared_ptr<detail::ActorCore> core_;
+    std::shared_ptr<detail::LinkHandle> link_;
+};
+
+/// An actor. Several may live in one process. The destructor shuts down in order: cancels
+/// running endpoints, closes links (peers' contexts fail with TransportClosed), joins its
+/// threads and removes its shared-memory objects.
+/// Thread-safety: thread-safe.
+class Actor {
+public:
+    /// Claims `name` in the namespace: NameTaken if a live actor holds it, InvalidName for a
+    /// name outside [A-Za-z0-9_-] (1-64 bytes).
+    explicit Actor(std::string name, ActorOptions options = {});
+    Actor(const Actor&) = delete;
+    Actor& operator=(const Actor&) = delete;
+    ~Actor();
+
+    const Uid& uid() const noexcept;
+    /// Makes `fn` callable by peers (replaces an earlier endpoint of that name).
+    void expose(std::string fn, Endpoint endpoint, ExposeOptions options = {});
+    /// Links to the live actor `peer_name` of our namespace, waiting up to `deadline` for it
+    /// to appear and answer (ActorNotFound naming actor and namespace). A peer of another
+    /// layout or protocol version is a LayoutError naming both versions.
+    Portal connect(std::string_view peer_name, Deadline deadline = std::chrono::seconds(5));
+
+    /// Threads of the endpoint pool now (running + idle), for tests and monitoring.
+    std::size_t endpoint_threads() const;
+    /// Contexts registered now (both sides), for tests and monitoring.
+    std::size_t open_contexts() const;
+    /// Links up now.
+    std::size_t links() const;
+
+private:
+    std::shared_ptr<detail::ActorCore> core_;
+};
+
+}  // namespace shmctx

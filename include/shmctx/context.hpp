@@ -1,0 +1,275 @@
+// Contexts and their streams (DESIGN.md §4, §5; tractor spec §2, §3).
+//
+// A Context is one linked task pair: the parent's `Portal::open_context` block and the child's
+// endpoint. Each side holds its own Context; both are handles onto one shared state, so a
+// handle taken with `handle()` stays queryable after the block ended. A context streams at most
+// once (`open_stream`), in both directions, over per-direction data rings carved lazily by the
+// sender; terminals (Stop, Return, Error) travel on the link's control ring and surface to the
+// stream only after the data sent before them (`data_seq`).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string_view>
+
+#include "shmctx/deadline.hpp"
+#include "shmctx/errors.hpp"
+#include "shmctx/ids.hpp"
+#include "shmctx/payload.hpp"
+
+namespace shmctx {
+
+namespace detail {
+class ContextState;
+class StreamState;
+}  // namespace detail
+
+/// Context states (tractor spec §2.6); `to_string` gives tractor's names.
+enum class State : std::uint8_t {
+    pre_started,         ///< child side, before started()
+    syncing_to_child,    ///< parent side, waiting for Started
+    started,             ///< started() done, no stream yet
+    streaming,           ///< a stream is open
+    streaming_finished,  ///< the stream was closed (locally or by the peer's Stop)
+    result_returned,     ///< the final result is set
+    self_cancelled,      ///< our own cancel() was acknowledged by the peer's ctxc
+    peer_cancelled,      ///< a ctxc arrived that we did not request
+    actor_cancelled,     ///< our task was cancelled with a canceller set
+    errored,             ///< any other error
+};
+/// "pre-started", "syncing-to-child", ..., "errored".
+std::string_view to_string(State s) noexcept;
+
+/// The final outcome of a context: a value, or an error (which may be an absorbed self-cancel,
+/// spec §2.5: "returned, not raised"). Thread-safety: value type.
+class Outcome {
+public:
+    Outcome() = default;
+    static Outcome of_value(Payload value) {
+        Outcome o;
+        o.value_ = std::move(value);
+        return o;
+    }
+    static Outcome of_error(std::exception_ptr error, bool absorbed_cancel) {
+        Outcome o;
+        o.error_ = std::move(error);
+        o.absorbed_cancel_ = absorbed_cancel;
+        return o;
+    }
+    /// A value, not an error (false also while unresolved).
+    bool has_value() const noexcept { return value_.has_value() && !error_; }
+    /// Resolved: a value or an error.
+    bool resolved() const noexcept { return value_.has_value() || error_ != nullptr; }
+    /// The value; rethrows the error (the same object every time); std::logic_error when
+    /// unresolved.
+    const Payload& value() const;
+    std::exception_ptr error() const noexcept { return error_; }
+    /// The error is our own cancel's ContextCancelled, absorbed (spec §3.3).
+    bool is_absorbed_cancel() const noexcept { return absorbed_cancel_; }
+    void rethrow_if_error() const {
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    std::optional<Payload> value_;
+    std::exception_ptr error_;
+    bool absorbed_cancel_ = false;
+};
+
+/// Per-stream settings (DESIGN.md §4.1, §4.2). They describe *our inbound* direction: how
+/// many messages our receive buffer holds and whether the peer may overrun us.
+struct StreamOptions {
+    /// Overwrites the context's declaration for our inbound ring; unset keeps it.
+    std::optional<bool> allow_overruns;
+    /// Resizes our inbound ring's message capacity in place; 0 keeps it.
+    std::uint32_t msg_buffer_size = 0;
+};
+
+/// What try_send did. Never an exception; `send` turns the failures into errors.
+enum class [[nodiscard]] SendStatus : std::uint8_t {
+    ok,            ///< written to the peer's inbound ring
+    full,          ///< the ring is full and the receiver does not allow overruns
+    peer_stopped,  ///< the peer closed its side (Stop or consumer_closed): EndOfChannel
+    closed,        ///< our stream is closed
+    cancelled,     ///< our scope is cancelled
+    too_large,     ///< the message exceeds the ring's record limit (max_message_bytes())
+    peer_error,    ///< the context failed (remote error or transport loss)
+};
+std::string_view to_string(SendStatus s) noexcept;
+
+/// What try_receive did.
+enum class [[nodiscard]] RecvStatus : std::uint8_t {
+    ok,              ///< a message was returned
+    empty,           ///< nothing yet
+    end_of_channel,  ///< the stream ended: no more messages will come
+    peer_error,      ///< the context failed: receive() raises the error
+};
+std::string_view to_string(RecvStatus s) noexcept;
+
+/// A received message: a zero-copy view into the inbound ring, valid until the next receive
+/// on its stream (or the stream's end). `to_payload()` copies it out.
+/// Thread-safety: value type, bound to the receiving thread's use of the stream.
+class Message {
+public:
+    Message() = default;
+    PayloadView view() const noexcept { return view_; }
+    PayloadKind kind() const noexcept { return view_.kind(); }
+    std::span<const std::byte> bytes() const noexcept { return view_.bytes(); }
+    /// Text payloads.
+    std::string_view text() const noexcept {
+        return {reinterpret_cast<const char*>(view_.bytes().data()), view_.bytes().size()};
+    }
+    /// Verified FlatBuffer root (DecodeError on a mismatch).
+    template <class T>
+    const T* as() const {
+        if (view_.kind() != PayloadKind::flatbuffer) throw_not_flatbuffer();
+        return verified_root<T>(view_.bytes());
+    }
+    /// A FlexBuffers scalar or string (Payload::value<T>()); copies.
+    template <class T>
+    T value() const {
+        return to_payload().value<T>();
+    }
+    Payload to_payload() const { return Payload::copy(view_); }
+
+private:
+    friend class MsgStream;
+    friend class detail::ContextState;
+    explicit Message(PayloadView view) noexcept : view_(view) {}
+    [[noreturn]] static void throw_not_flatbuffer();
+    PayloadView view_;
+};
+
+/// One context's bidirectional stream. One-shot (a second open_stream() raises
+/// ClosedResourceError). The destructor closes it (sends Stop).
+/// Thread-safety: one sending and one receiving thread at a time; close() and closed() from
+/// either of them.
+class MsgStream {
+public:
+    MsgStream(MsgStream&& other) noexcept;
+    MsgStream& operator=(MsgStream&& other) noexcept;
+    MsgStream(const MsgStream&) = delete;
+    MsgStream& operator=(const MsgStream&) = delete;
+    ~MsgStream();
+
+    /// Sends one message. Raises, in this order: the context's remote error (our own
+    /// acknowledged cancel is absorbed), EndOfChannel after the peer's Stop or our close,
+    /// TransportClosed/PeerDied when the link is gone, StreamOverrun when the receiver's
+    /// ring is full (it declared no overruns), PayloadTooLarge beyond max_message_bytes().
+    void send(PayloadView message);
+    /// Never blocks or throws.
+    SendStatus try_send(PayloadView message) noexcept;
+    /// The next message, waiting for it (cancellably: the caller's cancel scope).
+    /// EndOfChannel once the peer's Stop (after all its earlier data) or our close ended it;
+    /// the context's remote error as soon as it is recorded.
+    Message receive();
+    /// As receive(), but nullopt after `timeout` without a message.
+    std::optional<Message> receive_for(Duration timeout);
+    /// Never blocks; on `peer_error` call receive() to get the error.
+    RecvStatus try_receive(Message& out) noexcept;
+    /// Sends Stop (idempotent) and ends our receiving: later receive() and send() raise
+    /// EndOfChannel.
+    void close();
+    bool closed() const noexcept;
+    /// Largest message send() accepts (a quarter of the data ring).
+    std::size_t max_message_bytes() const noexcept;
+
+    /// Range-for over received messages; ends at EndOfChannel without throwing.
+    class iterator {
+    public:
+        using value_type = Message;
+        using difference_type = std::ptrdiff_t;
+        iterator() = default;
+        const Message& operator*() const noexcept { return current_; }
+        const Message* operator->() const noexcept { return &current_; }
+        iterator& operator++();
+        void operator++(int) { ++*this; }
+        friend bool operator==(const iterator& a, std::default_sentinel_t) noexcept {
+            return a.stream_ == nullptr;
+        }
+
+    private:
+        friend class MsgStream;
+        explicit iterator(MsgStream* s) : stream_(s) { ++*this; }
+        MsgStream* stream_ = nullptr;
+        Message current_;
+    };
+    iterator begin() { return iterator(this); }
+    std::default_sentinel_t end() const noexcept { return {}; }
+
+private:
+    friend class Context;
+    explicit MsgStream(std::shared_ptr<detail::ContextState> state) noexcept;
+    std::shared_ptr<detail::ContextState> state_;
+};
+
+/// One side of a context. Accessors, cancel() and wait_for_result() may be called from any
+/// thread; a copy (`handle()`) stays valid after the block and the endpoint ended.
+/// Thread-safety: thread-safe, except that started() and open_stream() belong to the task
+/// that runs the context.
+class Context {
+public:
+    Side side() const noexcept;
+    const Uid& peer() const noexcept;
+    const Cid& cid() const noexcept;
+    /// Our own actor.
+    const Uid& self() const noexcept;
+
+    /// Child side: hands `value` to the parent's block. Twice, or on the parent side:
+    /// InvalidOperation. A value over the control-record cap: PayloadTooLarge.
+    void started(PayloadView value = {});
+    /// Opens the context's one stream (both sides). Child: after started() (else
+    /// InvalidOperation). A second call: ClosedResourceError (or the recorded ctxc after our own
+    /// cancel, spec §3.5).
+    MsgStream open_stream(StreamOptions options = {});
+
+    /// Parent: asks the peer to cancel its task and waits up to `deadline` for the ack (logged,
+    /// not thrown, on timeout). Child: cancels our own task's scope. Sets cancel_called().
+    void cancel(Deadline deadline = std::chrono::milliseconds(616));
+    /// Parent: waits for the final outcome (Return or Error), discarding unread stream data;
+    /// raises the remote error unless it is our own absorbed cancel (returned in the Outcome).
+    Outcome wait_for_result();
+
+    bool cancel_called() const noexcept;
+    /// Our cancel() was acknowledged by the peer's ContextCancelled (spec §3.3).
+    bool cancel_acked() const;
+    /// A Cancelled unwound this side's scope and was absorbed at its boundary.
+    bool cancelled_caught() const noexcept;
+    std::optional<Uid> canceller() const;
+    std::exception_ptr remote_error() const;
+    std::exception_ptr local_error() const;
+    /// Remote error if it is a RemoteActorError, else local error, else remote error.
+    std::exception_ptr maybe_error() const;
+    /// The remote error's fields, or nullptr.
+    const RemoteActorError* remote_error_info() const;
+    Outcome outcome() const;
+    bool has_outcome() const;
+    State state() const;
+
+    /// This side's scope is cancelled (checkpoints inside it throw shmctx::Cancelled).
+    bool cancelled() const noexcept;
+    /// Throws shmctx::Cancelled if this side's scope (or an enclosing one) is cancelled.
+    void checkpoint();
+    /// Sleeps, waking early with shmctx::Cancelled on cancellation.
+    void sleep_for(Duration d);
+    /// Fires when this side's scope is cancelled.
+    std::stop_token stop_token() const noexcept;
+
+    /// A handle onto the same context, valid after the block ended.
+    Context handle() const noexcept { return Context(state_); }
+
+private:
+    friend class Portal;
+    friend class Actor;
+    friend class detail::ContextState;
+    explicit Context(std::shared_ptr<detail::ContextState> state) noexcept
+        : state_(std::move(state)) {}
+    std::shared_ptr<detail::ContextState> state_;
+};
+
+}  // namespace shmctx

@@ -1,0 +1,589 @@
+#include "core/actor_core.hpp"
+
+#include <cstdio>
+#include <utility>
+
+#include "core/boxing.hpp"
+#include "core/context_state.hpp"
+#include "shmctx/errors.hpp"
+#include "shmctx/shm/layout.hpp"
+
+namespace shmctx::detail {
+
+namespace {
+
+/// Records per control ring per pass: a busy link cannot starve the others.
+constexpr std::size_t kRecordsPerPass = 256;
+
+wire::ContextSettings settings_of(const wire::fb::ContextOptions* o) {
+    wire::ContextSettings s;
+    if (o != nullptr) {
+        s.msg_buffer_size = o->msg_buffer_size();
+        s.allow_overruns = o->allow_overruns();
+    }
+    return s;
+}
+
+shm::LocalActorOptions record_options(const ActorOptions& o) {
+    shm::LocalActorOptions r;
+    r.claim.mode = o.mode;
+    return r;
+}
+
+EndpointPoolOptions pool_options(const ActorOptions& o) {
+    EndpointPoolOptions p;
+    p.max_threads = o.max_endpoints == 0 ? 1 : o.max_endpoints;
+    p.idle_timeout = o.endpoint_idle_timeout;
+    p.name = "shmctx-endpoint";
+    return p;
+}
+
+}  // namespace
+
+ActorCore::ActorCore(std::string name, ActorOptions options)
+    : options_(std::move(options)),
+      names_(options_.ns),
+      record_(names_, name, record_options(options_)),
+      uid_{std::move(name), record_.uuid()},
+      wake_table_(record_.segment().wake_table()),
+      slots_(wake_table_.capacity()),
+      canceller_({}, "shmctx-cancel"),
+      pool_(pool_options(options_)) {
+    const auto doorbell = slots_.allocate();
+    if (!doorbell || *doorbell != 0) {
+        throw SystemError("wake slot 0 (the control loop's doorbell) is not free");
+    }
+    doorbell_ = *doorbell;
+}
+
+ActorCore::~ActorCore() { shutdown(); }
+
+void ActorCore::start() {
+    std::weak_ptr<ActorCore> weak = weak_from_this();
+    watcher_.emplace(
+        &record_.segment().heartbeat(),
+        [weak](const Uuid& peer, shm::LivenessEvent event) {
+            // Runs on the watcher thread: hand it to the control loop, never block here.
+            if (auto core = weak.lock()) {
+                core->post([core = core.get(), peer, event] { core->on_liveness(peer, event); });
+            }
+        },
+        shm::LivenessOptions{options_.heartbeat_interval, options_.unresponsive_after});
+    loop_ = std::thread([this] { control_loop(); });
+}
+
+void ActorCore::shutdown() {
+    {
+        const std::lock_guard lock(mu_);
+        if (shutting_down_) return;
+        shutting_down_ = true;
+    }
+    // 1. Every task of ours ends: endpoints (child contexts) and parent bodies nested in the
+    //    root scope observe this; the pool waits for the endpoints' terminals to be sent.
+    root_scope_.cancel(uid_, "actor " + uid_.to_string() + " is shutting down");
+    pool_.shutdown();
+    // 2. Close every link in order: the peers' contexts with us fail with TransportClosed.
+    std::vector<std::shared_ptr<Link>> links;
+    {
+        const std::lock_guard lock(mu_);
+        for (auto& [uuid, link] : links_) links.push_back(link);
+    }
+    for (auto& link : links) {
+        (void)link->send([](wire::ControlEncoder& enc) {
+            return enc.link_close(wire::fb::LinkCloseReason::shutdown, "actor shut down");
+        });
+        link_lost(link, LinkState::closed,
+                  std::make_exception_ptr(TransportClosed(
+                      "actor " + uid_.to_string() + " shut down its link to " +
+                      link->peer().to_string())));
+    }
+    // 3. The control loop flushes what is queued, then stops.
+    stop_.store(true, std::memory_order::release);  // [core.stop] pairs with control_loop()
+    wake_control_loop();
+    if (loop_.joinable()) loop_.join();
+    watcher_.reset();
+    canceller_.stop();
+    std::map<ContextKey, std::shared_ptr<ContextState>> contexts;
+    {
+        const std::lock_guard lock(mu_);
+        contexts.swap(contexts_);
+        links_.clear();
+        requests_.clear();
+    }
+    // Parent bodies still running on user threads keep their states (and links) alive.
+}
+
+void ActorCore::expose(std::string fn, Endpoint endpoint, ExposeOptions options) {
+    if (fn.empty()) throw std::invalid_argument("expose: empty function name");
+    if (!endpoint) throw std::invalid_argument("expose: empty endpoint for '" + fn + "'");
+    const std::lock_guard lock(mu_);
+    endpoints_[std::move(fn)] = Exposed{std::move(endpoint), options};
+}
+
+Cid ActorCore::next_cid() noexcept {
+    // relaxed: only uniqueness matters.
+    return Cid{uid_.uuid, next_seq_.fetch_add(1, std::memory_order::relaxed) + 1};
+}
+
+void ActorCore::register_context(const std::shared_ptr<ContextState>& ctx) {
+    const std::lock_guard lock(mu_);
+    if (shutting_down_) {
+        throw TransportClosed("actor " + uid_.to_string() + " is shutting down");
+    }
+    const auto [it, inserted] =
+        contexts_.emplace(ContextKey{ctx->peer().uuid, ctx->cid()}, ctx);
+    if (!inserted) {
+        throw ProtocolError("context " + ctx->cid().to_string() + " with " +
+                            ctx->peer().to_string() + " exists already");
+    }
+}
+
+void ActorCore::unregister_context(const ContextState& ctx) {
+    const std::lock_guard lock(mu_);
+    const auto it = contexts_.find(ContextKey{ctx.peer().uuid, ctx.cid()});
+    if (it != contexts_.end() && it->second.get() == &ctx) contexts_.erase(it);
+}
+
+std::shared_ptr<ContextState> ActorCore::find_context(const Uuid& peer, const Cid& cid) const {
+    const std::lock_guard lock(mu_);
+    const auto it = contexts_.find(ContextKey{peer, cid});
+    return it == contexts_.end() ? nullptr : it->second;
+}
+
+void ActorCore::register_request(std::uint64_t request_id,
+                                 const std::shared_ptr<ContextState>& ctx) {
+    const std::lock_guard lock(mu_);
+    requests_[request_id] = ctx;
+}
+
+void ActorCore::forget_request(std::uint64_t request_id) {
+    const std::lock_guard lock(mu_);
+    requests_.erase(request_id);
+}
+
+std::size_t ActorCore::open_contexts() const {
+    const std::lock_guard lock(mu_);
+    return contexts_.size();
+}
+
+std::size_t ActorCore::link_count() const {
+    const std::lock_guard lock(mu_);
+    std::size_t n = 0;
+    for (const auto& [uuid, link] : links_) {
+        if (link->state() == LinkState::up) ++n;
+    }
+    return n;
+}
+
+void ActorCore::wake_control_loop() noexcept { shm::ring(*wake_table_.slot(doorbell_)); }
+
+void ActorCore::post(std::function<void()> fn) {
+    {
+        const std::lock_guard lock(mu_);
+        posted_.push_back(std::move(fn));
+    }
+    wake_control_loop();
+}
+
+// ---- links ----
+
+std::shared_ptr<Link> ActorCore::make_link(shm::PeerActor peer, Uid peer_uid) {
+    LinkSettings settings;
+    settings.self = uid_;
+    settings.arena_bytes = options_.arena_bytes;
+    settings.mode = options_.mode;
+    settings.max_control_record_bytes = options_.max_control_record_bytes;
+    auto link = std::make_shared<Link>(names_, settings, std::move(peer), std::move(peer_uid));
+    link->set_on_outbox([this] { wake_control_loop(); });
+    const shm::PeerActor& p = link->peer_actor();
+    watcher_->watch(p.uuid(), p.pidfd(), &p.segment().heartbeat(), p.lock_fd());
+    {
+        const std::lock_guard lock(mu_);
+        links_[p.uuid()] = link;
+    }
+    // [link.epoch] pairs with [link.epoch] in pass(): our arena exists before the peer looks.
+    p.segment().links_epoch().fetch_add(1, std::memory_order::release);
+    if (shm::WakeSlot* bell = link->peer_wakes().slot(0)) shm::ring(*bell);
+    return link;
+}
+
+std::shared_ptr<LinkHandle> ActorCore::connect(std::string_view peer_name, Deadline deadline) {
+    if (peer_name == uid_.name) {
+        auto handle = std::make_shared<LinkHandle>(nullptr);
+        handle->peer = uid_;
+        return handle;
+    }
+    shm::PeerActor peer = shm::open_peer(names_, peer_name, deadline);  // ActorNotFound
+    const Uuid uuid = peer.uuid();
+    std::shared_ptr<Link> link;
+    {
+        const std::lock_guard create(link_create_mu_);
+        {
+            const std::lock_guard lock(mu_);
+            if (shutting_down_) throw TransportClosed("actor " + uid_.to_string() + " shut down");
+            const auto it = links_.find(uuid);
+            if (it != links_.end()) link = it->second;
+        }
+        if (!link) link = make_link(std::move(peer), Uid{std::string(peer_name), uuid});
+    }
+    wake_control_loop();  // attach the peer's arena if it exists already
+    std::unique_lock lock(mu_);
+    const bool settled = links_cv_.wait_until(lock, deadline.at(), [&] {
+        return link->state() != LinkState::awaiting_peer;
+    });
+    lock.unlock();
+    if (!settled) {
+        throw ActorNotFound("actor '" + std::string(peer_name) + "' in namespace '" +
+                            names_.ns() + "' did not answer the link in time");
+    }
+    if (link->state() != LinkState::up) {
+        if (auto e = link->failure()) std::rethrow_exception(e);
+        throw TransportClosed("the link to " + link->peer().to_string() + " is " +
+                              to_string(link->state()));
+    }
+    auto handle = std::make_shared<LinkHandle>(link);
+    handle->peer = link->peer();
+    return handle;
+}
+
+void ActorCore::scan_links() {
+    // Arenas named link.<owner>.<us> whose owner we have no link with yet: a peer connecting.
+    const std::string suffix = "." + uid_.uuid.to_hex();
+    for (const std::string& entry : names_.list("link")) {
+        if (entry.size() != 65 || entry.compare(32, std::string::npos, suffix) != 0) continue;
+        Uuid owner;
+        if (!Uuid::parse_hex(std::string_view(entry).substr(0, 32), owner)) continue;
+        {
+            const std::lock_guard lock(mu_);
+            if (shutting_down_ || links_.count(owner) != 0) continue;
+        }
+        // Its name: the published segment that says it is `owner`. A scan, but only when a
+        // new link appears.
+        for (const std::string& name : names_.list("seg")) {
+            std::optional<shm::PeerActor> peer;
+            try {
+                peer.emplace(shm::open_peer(names_, name, Deadline(Clock::now())));
+            } catch (const Error&) {
+                continue;  // dead, half built, or another version: not a peer we can link
+            }
+            if (peer->uuid() != owner) continue;
+            const std::lock_guard create(link_create_mu_);
+            {
+                const std::lock_guard lock(mu_);
+                if (links_.count(owner) != 0) break;
+            }
+            try {
+                (void)make_link(std::move(*peer), Uid{name, owner});
+            } catch (const Error& e) {
+                std::fprintf(stderr, "shmctx: %s: cannot link to %s: %s\n",
+                             uid_.to_string().c_str(), name.c_str(), e.what());
+            }
+            break;
+        }
+    }
+}
+
+void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
+                          std::exception_ptr why) {
+    if (!link->finish(state, why)) return;
+    std::vector<std::shared_ptr<ContextState>> affected;
+    {
+        const std::lock_guard lock(mu_);
+        const auto it = links_.find(link->peer().uuid);
+        if (it != links_.end() && it->second == link) links_.erase(it);
+        for (auto& [key, ctx] : contexts_) {
+            if (key.peer == link->peer().uuid) affected.push_back(ctx);
+        }
+    }
+    if (watcher_) watcher_->unwatch(link->peer().uuid);
+    links_cv_.notify_all();
+    for (auto& ctx : affected) ctx->on_link_lost(why);
+}
+
+void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
+    if (event != shm::LivenessEvent::dead) return;  // unresponsive is a hint, never death
+    std::shared_ptr<Link> link;
+    {
+        const std::lock_guard lock(mu_);
+        const auto it = links_.find(peer);
+        if (it != links_.end()) link = it->second;
+    }
+    if (!link) return;
+    link_lost(link, LinkState::dead,
+              std::make_exception_ptr(PeerDied(
+                  "actor " + link->peer().to_string() + " (pid " +
+                  std::to_string(link->peer_actor().pid()) + ") died")));
+}
+
+// ---- control loop ----
+
+void ActorCore::control_loop() noexcept {
+    const NonBlockingThreadMark mark;
+    shm::WakeSlot& bell = *wake_table_.slot(doorbell_);
+    for (;;) {
+        // [wake.observe]: read before the pass, so a ring during the pass ends the wait.
+        const std::uint32_t seen = bell.counter.load(std::memory_order::acquire);
+        try {
+            pass();
+        } catch (...) {
+            report_to_stderr("control loop", std::current_exception());
+        }
+        // [core.stop] pairs with shutdown(): everything queued before it was flushed above.
+        if (stop_.load(std::memory_order::acquire)) break;
+        (void)shm::futex_wait(bell.counter, seen, Duration::max());
+    }
+}
+
+void ActorCore::pass() {
+    std::vector<std::function<void()>> posted;
+    std::vector<std::shared_ptr<Link>> links;
+    {
+        const std::lock_guard lock(mu_);
+        posted.swap(posted_);
+    }
+    for (auto& fn : posted) fn();
+    // [link.epoch] pairs with [link.epoch] in make_link(): a peer's arena exists before.
+    const std::uint64_t epoch =
+        record_.segment().links_epoch().load(std::memory_order::acquire);
+    if (epoch != seen_epoch_) {
+        seen_epoch_ = epoch;
+        scan_links();
+    }
+    {
+        const std::lock_guard lock(mu_);
+        links.reserve(links_.size());
+        for (auto& [uuid, link] : links_) links.push_back(link);
+    }
+    for (auto& link : links) service_link(link);
+}
+
+void ActorCore::service_link(const std::shared_ptr<Link>& link) {
+    try {
+        if (!link->peer_attached() && !link->attach_peer(names_)) {
+            (void)link->flush();
+            return;
+        }
+        const std::size_t n = link->read_control(
+            [&](const wire::ControlView& msg) { dispatch(link, msg); }, kRecordsPerPass);
+        if (n == kRecordsPerPass) wake_control_loop();  // more to read: come back next pass
+        (void)link->flush();
+    } catch (const LayoutError&) {
+        link_lost(link, LinkState::failed, std::current_exception());
+    } catch (const Error& e) {
+        // A corrupt record or ring fails this link only (DESIGN.md §2 trust boundary).
+        link_lost(link, LinkState::failed,
+                  std::make_exception_ptr(ProtocolError(
+                      "link to " + link->peer().to_string() + " failed: " + e.what())));
+    }
+}
+
+void ActorCore::dispatch(const std::shared_ptr<Link>& link, const wire::ControlView& msg) {
+    namespace fb = wire::fb;
+    const Uuid& peer = link->peer().uuid;
+    const auto context = [&](const fb::Cid* cid) {
+        return find_context(peer, wire::from_fb(*cid));
+    };
+    switch (msg.type()) {
+        case fb::ControlBody::Start:
+            on_start(link, *msg.as<fb::Start>());
+            return;
+        case fb::ControlBody::StartAck: {
+            const auto* m = msg.as<fb::StartAck>();
+            if (auto ctx = context(m->cid())) ctx->on_start_ack(settings_of(m->options()));
+            return;
+        }
+        case fb::ControlBody::Started: {
+            const auto* m = msg.as<fb::Started>();
+            if (auto ctx = context(m->cid())) ctx->on_started(wire::from_fb(m->value()));
+            return;
+        }
+        case fb::ControlBody::Stop: {
+            const auto* m = msg.as<fb::Stop>();
+            if (auto ctx = context(m->cid())) ctx->on_stop(m->data_seq());
+            return;
+        }
+        case fb::ControlBody::Return: {
+            const auto* m = msg.as<fb::Return>();
+            if (auto ctx = context(m->cid())) {
+                ctx->on_return(m->data_seq(), wire::from_fb(m->value()));
+            }
+            return;
+        }
+        case fb::ControlBody::Error: {
+            const auto* m = msg.as<fb::Error>();
+            if (auto ctx = context(m->cid())) ctx->on_error(*m);
+            return;
+        }
+        case fb::ControlBody::CancelRequest:
+            on_cancel_request(link, *msg.as<fb::CancelRequest>());
+            return;
+        case fb::ControlBody::CancelAck: {
+            const auto* m = msg.as<fb::CancelAck>();
+            std::shared_ptr<ContextState> ctx;
+            {
+                const std::lock_guard lock(mu_);
+                const auto it = requests_.find(m->request_id());
+                if (it != requests_.end()) ctx = it->second.lock();
+            }
+            if (ctx) ctx->on_cancel_ack(m->request_id(), m->found());
+            return;
+        }
+        case fb::ControlBody::StreamOpen: {
+            const auto* m = msg.as<fb::StreamOpen>();
+            const shm::CarveDescriptor d{m->offset(), m->size_bytes(), m->generation()};
+            if (auto ctx = context(m->cid())) {
+                ctx->on_stream_open(d);
+            } else if (const shm::ArenaView* arena = link->peer_arena()) {
+                arena->detach(d);  // the context ended: the producer may reuse the carve
+            }
+            return;
+        }
+        case fb::ControlBody::LinkOpen:
+            on_link_open(link, *msg.as<fb::LinkOpen>());
+            return;
+        case fb::ControlBody::LinkClose: {
+            const auto* m = msg.as<fb::LinkClose>();
+            const std::string detail = m->detail() != nullptr ? m->detail()->str() : "";
+            link_lost(link, LinkState::closed,
+                      std::make_exception_ptr(TransportClosed(
+                          "actor " + link->peer().to_string() + " closed the link (" +
+                          fb::EnumNameLinkCloseReason(m->reason()) +
+                          (detail.empty() ? "" : ": " + detail) + ")")));
+            return;
+        }
+        case fb::ControlBody::Heartbeat:
+        case fb::ControlBody::NONE:
+            return;
+    }
+}
+
+void ActorCore::on_link_open(const std::shared_ptr<Link>& link, const wire::fb::LinkOpen& open) {
+    const wire::UidRef sender = wire::from_fb(*open.sender());
+    if (open.layout_version() != shm::kLayoutVersion ||
+        open.protocol_version() != shm::kProtocolVersion) {
+        (void)link->send([](wire::ControlEncoder& enc) {
+            return enc.link_close(wire::fb::LinkCloseReason::version_mismatch, "");
+        });
+        link_lost(link, LinkState::failed,
+                  std::make_exception_ptr(LayoutError(
+                      "actor " + link->peer().to_string() + " speaks layout version " +
+                      std::to_string(open.layout_version()) + ", protocol version " +
+                      std::to_string(open.protocol_version()) + "; ours are " +
+                      std::to_string(shm::kLayoutVersion) + " and " +
+                      std::to_string(shm::kProtocolVersion))));
+        return;
+    }
+    if (sender.uuid != link->peer().uuid) {
+        link_lost(link, LinkState::failed,
+                  std::make_exception_ptr(ProtocolError(
+                      "link to " + link->peer().to_string() + ": LinkOpen names " +
+                      sender.uuid.to_hex())));
+        return;
+    }
+    link->mark_up();
+    {
+        const std::lock_guard lock(mu_);  // connect() checks the state under mu_
+    }
+    links_cv_.notify_all();
+}
+
+void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Start& start) {
+    const Cid cid = wire::from_fb(*start.cid());
+    const std::string fn = start.fn_name()->str();
+    const auto ship_error = [&](std::exception_ptr e) {
+        BoxedError boxed = box(e, uid_, cid, fn);
+        (void)link->send([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(0)); });
+    };
+    if (wire::from_fb(*start.caller()).uuid != link->peer().uuid) {
+        ship_error(std::make_exception_ptr(ProtocolError(
+            "Start of " + cid.to_string() + " names a caller other than the link's peer")));
+        return;
+    }
+    std::optional<Exposed> exposed;
+    {
+        const std::lock_guard lock(mu_);
+        const auto it = endpoints_.find(fn);
+        if (it != endpoints_.end()) exposed = it->second;
+    }
+    if (!exposed) {
+        ship_error(std::make_exception_ptr(NotExposed("function '" + fn +
+                                                      "' is not exposed by actor " +
+                                                      uid_.to_string())));
+        return;
+    }
+    wire::ContextSettings own;
+    own.msg_buffer_size = exposed->options.msg_buffer_size != 0 ? exposed->options.msg_buffer_size
+                                                                : options_.msg_buffer_size;
+    own.allow_overruns = exposed->options.allow_overruns;
+    auto ctx = std::make_shared<ContextState>(shared_from_this(), link, Side::child, cid, fn, own,
+                                              &root_scope_, nullptr);
+    ctx->on_start_ack(settings_of(start.options()));  // the parent's inbound settings
+    try {
+        register_context(ctx);
+    } catch (const Error&) {
+        ship_error(std::current_exception());
+        return;
+    }
+    (void)link->send([&](wire::ControlEncoder& enc) { return enc.start_ack(cid, own); });
+    Payload args = Payload::copy(wire::from_fb(start.args()));
+    SubmitRefusal why{};
+    const bool submitted = pool_.try_submit(
+        [self = shared_from_this(), ctx, endpoint = std::move(exposed->endpoint),
+         args = std::move(args)] { self->run_endpoint(ctx, endpoint, args); },
+        &why);
+    if (!submitted) {
+        unregister_context(*ctx);
+        if (why == SubmitRefusal::at_capacity) {
+            ship_error(std::make_exception_ptr(TooManyContexts(
+                "actor " + uid_.to_string() + " runs max_endpoints=" +
+                std::to_string(options_.max_endpoints) + " endpoints already")));
+        } else {
+            ship_error(std::make_exception_ptr(TransportClosed(
+                "actor " + uid_.to_string() + " cannot run '" + fn + "': " + to_string(why))));
+        }
+    }
+}
+
+void ActorCore::run_endpoint(const std::shared_ptr<ContextState>& ctx, const Endpoint& endpoint,
+                             const Payload& args) {
+    Context handle = ContextState::handle(ctx);
+    std::optional<Payload> value;
+    std::exception_ptr error;
+    bool cancelled = false;
+    try {
+        auto r = run_in_scope(ctx->scope(), [&] { return endpoint(handle, args); });
+        if (r.cancelled()) {
+            cancelled = true;
+        } else {
+            value = std::move(*r.value);
+        }
+    } catch (...) {
+        error = std::current_exception();
+    }
+    ctx->finish_child(std::move(value), error, cancelled);
+}
+
+void ActorCore::on_cancel_request(const std::shared_ptr<Link>& link,
+                                  const wire::fb::CancelRequest& req) {
+    const std::uint64_t id = req.request_id();
+    const auto ack = [&](bool found) {
+        (void)link->send([&](wire::ControlEncoder& enc) { return enc.cancel_ack(id, found); });
+    };
+    const wire::UidRef requester_ref = wire::from_fb(*req.requester());
+    const Uid requester{std::string(requester_ref.name), requester_ref.uuid};
+    if (const auto* target = req.target_as_ContextTarget()) {
+        // Looked up under this link's peer: only the peer that opened a context can cancel it.
+        auto ctx = find_context(link->peer().uuid, wire::from_fb(*target->cid()));
+        if (!ctx || ctx->side() != Side::child) {
+            ack(false);
+            return;
+        }
+        if (!ctx->on_cancel_request(id, requester)) ack(true);  // it ended already
+        return;
+    }
+    // An actor cancel: lands with the "Cancellation" work (Portal::cancel_actor); until then it
+    // is answered as not found, so a requester never waits for it.
+    ack(false);
+}
+
+}  // namespace shmctx::detail

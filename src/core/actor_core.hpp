@@ -1,0 +1,156 @@
+// The actor runtime behind shmctx::Actor (DESIGN.md §3 "Control loop", docs/protocol.md §8).
+// Private to core.
+//
+// ActorCore owns the actor's identity (LocalActorRecord), its wake slots (slot 0 is the control
+// loop's doorbell), the control-loop thread, the liveness watcher, the canceller thread, the
+// endpoint pool, the links (by peer uuid) and the contexts (by peer uuid and cid).
+//
+// The control loop, one pass: read `seen` from slot 0; run posted events (liveness); if
+// links_epoch moved, scan for arenas naming us and attach them; drain every inbound control ring
+// and dispatch each record; flush outboxes; futex_wait(slot 0, seen). It never waits for
+// anything else: a Start is handed to the pool with try_submit, a cancel to the canceller
+// thread, and contexts are updated under their own short mutexes.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/cancel_scope.hpp"
+#include "core/canceller_thread.hpp"
+#include "core/endpoint_pool.hpp"
+#include "core/link.hpp"
+#include "shmctx/actor.hpp"
+#include "shmctx/ids.hpp"
+#include "shmctx/shm/actor_file.hpp"
+#include "shmctx/shm/liveness.hpp"
+#include "shmctx/shm/names.hpp"
+#include "shmctx/shm/wake.hpp"
+#include "shmctx/wire/codec.hpp"
+
+namespace shmctx::detail {
+
+class ContextState;
+
+/// What a Portal holds: the link it was made for (kept alive while a portal exists).
+class LinkHandle {
+public:
+    explicit LinkHandle(std::shared_ptr<Link> l) : link(std::move(l)) {}
+    std::shared_ptr<Link> link;  // null for a portal to our own actor
+    Uid peer;
+};
+
+struct ContextKey {
+    Uuid peer;
+    Cid cid;
+    friend bool operator<(const ContextKey& a, const ContextKey& b) noexcept {
+        if (a.peer != b.peer) return a.peer.bytes < b.peer.bytes;
+        return a.cid < b.cid;
+    }
+};
+
+/// Thread-safety: thread-safe (see the members for which thread runs what).
+class ActorCore : public std::enable_shared_from_this<ActorCore> {
+public:
+    ActorCore(std::string name, ActorOptions options);
+    ActorCore(const ActorCore&) = delete;
+    ActorCore& operator=(const ActorCore&) = delete;
+    ~ActorCore();
+
+    /// Starts the threads (needs shared_from_this, so not in the constructor).
+    void start();
+    /// Orderly shutdown: cancels every context, closes every link, joins the threads. Idempotent.
+    void shutdown();
+
+    const Uid& uid() const noexcept { return uid_; }
+    const ActorOptions& options() const noexcept { return options_; }
+    const shm::Names& names() const noexcept { return names_; }
+    const shm::WakeTable& wake_table() const noexcept { return wake_table_; }
+    shm::WakeSlotAllocator& slots() noexcept { return slots_; }
+    CancelScope& root_scope() noexcept { return root_scope_; }
+    CancellerThread& canceller() noexcept { return canceller_; }
+
+    void expose(std::string fn, Endpoint endpoint, ExposeOptions options);
+    /// A link to `peer_name` that is up, creating it if needed (waits up to `deadline`).
+    std::shared_ptr<LinkHandle> connect(std::string_view peer_name, Deadline deadline);
+
+    // ---- contexts ----
+    Cid next_cid() noexcept;
+    std::uint64_t next_request_id() noexcept {
+        return next_request_.fetch_add(1, std::memory_order::relaxed) + 1;  // relaxed: unique ids
+    }
+    /// Routes the CancelAck of `request_id` to `ctx`.
+    void register_request(std::uint64_t request_id, const std::shared_ptr<ContextState>& ctx);
+    void forget_request(std::uint64_t request_id);
+    void register_context(const std::shared_ptr<ContextState>& ctx);
+    void unregister_context(const ContextState& ctx);
+    std::size_t open_contexts() const;
+    std::size_t link_count() const;
+    std::size_t endpoint_threads() const { return pool_.threads(); }
+
+    /// Rings the control loop's doorbell (slot 0).
+    void wake_control_loop() noexcept;
+    /// Runs `fn` on the control loop at its next pass.
+    void post(std::function<void()> fn);
+
+private:
+    struct Exposed {
+        Endpoint endpoint;
+        ExposeOptions options;
+    };
+
+    void control_loop() noexcept;
+    void pass();
+    void scan_links();
+    void service_link(const std::shared_ptr<Link>& link);
+    void dispatch(const std::shared_ptr<Link>& link, const wire::ControlView& msg);
+    void on_start(const std::shared_ptr<Link>& link, const wire::fb::Start& start);
+    void on_cancel_request(const std::shared_ptr<Link>& link, const wire::fb::CancelRequest& req);
+    void on_link_open(const std::shared_ptr<Link>& link, const wire::fb::LinkOpen& open);
+    void link_lost(const std::shared_ptr<Link>& link, LinkState state, std::exception_ptr why);
+    void on_liveness(const Uuid& peer, shm::LivenessEvent event);
+    std::shared_ptr<Link> make_link(shm::PeerActor peer, Uid peer_uid);
+    std::shared_ptr<ContextState> find_context(const Uuid& peer, const Cid& cid) const;
+    void run_endpoint(const std::shared_ptr<ContextState>& ctx, const Endpoint& endpoint,
+                      const Payload& args);
+
+    ActorOptions options_;
+    shm::Names names_;
+    shm::LocalActorRecord record_;
+    Uid uid_;
+    shm::WakeTable wake_table_;
+    shm::WakeSlotAllocator slots_;
+    std::uint32_t doorbell_ = 0;
+    CancelScope root_scope_;
+    CancellerThread canceller_;
+    EndpointPool pool_;
+
+    mutable std::mutex mu_;  // guards everything below up to links_cv_
+    std::unordered_map<std::string, Exposed> endpoints_;
+    std::unordered_map<Uuid, std::shared_ptr<Link>> links_;
+    std::map<ContextKey, std::shared_ptr<ContextState>> contexts_;
+    std::vector<std::function<void()>> posted_;
+    bool shutting_down_ = false;
+    std::condition_variable links_cv_;  // link state changes (connect waits on it)
+
+    std::unordered_map<std::uint64_t, std::weak_ptr<ContextState>> requests_;  // guarded by mu_
+    std::mutex link_create_mu_;  // one link creation at a time (connect vs. the control loop)
+    std::atomic<std::uint64_t> next_seq_{0};
+    std::atomic<std::uint64_t> next_request_{0};
+    std::atomic<bool> stop_{false};
+    std::uint64_t seen_epoch_ = 0;  // control loop only
+    std::optional<shm::LivenessWatcher> watcher_;
+    std::thread loop_;
+};
+
+}  // namespace shmctx::detail

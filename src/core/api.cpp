@@ -1,0 +1,312 @@
+// The public Actor, Portal, Context and MsgStream: thin handles onto ActorCore and ContextState.
+#include <stdexcept>
+#include <utility>
+
+#include "core/actor_core.hpp"
+#include "core/cancel_scope.hpp"
+#include "core/context_state.hpp"
+#include "shmctx/actor.hpp"
+#include "shmctx/context.hpp"
+
+namespace shmctx {
+
+// ---- names ----
+
+std::string_view to_string(State s) noexcept {
+    switch (s) {
+        case State::pre_started:
+            return "pre-started";
+        case State::syncing_to_child:
+            return "syncing-to-child";
+        case State::started:
+            return "started";
+        case State::streaming:
+            return "streaming";
+        case State::streaming_finished:
+            return "streaming-finished";
+        case State::result_returned:
+            return "result-returned";
+        case State::self_cancelled:
+            return "self-cancelled";
+        case State::peer_cancelled:
+            return "peer-cancelled";
+        case State::actor_cancelled:
+            return "actor-cancelled";
+        case State::errored:
+            return "errored";
+    }
+    return "unknown";
+}
+
+std::string_view to_string(SendStatus s) noexcept {
+    switch (s) {
+        case SendStatus::ok:
+            return "ok";
+        case SendStatus::full:
+            return "full";
+        case SendStatus::peer_stopped:
+            return "peer_stopped";
+        case SendStatus::closed:
+            return "closed";
+        case SendStatus::cancelled:
+            return "cancelled";
+        case SendStatus::too_large:
+            return "too_large";
+        case SendStatus::peer_error:
+            return "peer_error";
+    }
+    return "unknown";
+}
+
+std::string_view to_string(RecvStatus s) noexcept {
+    switch (s) {
+        case RecvStatus::ok:
+            return "ok";
+        case RecvStatus::empty:
+            return "empty";
+        case RecvStatus::end_of_channel:
+            return "end_of_channel";
+        case RecvStatus::peer_error:
+            return "peer_error";
+    }
+    return "unknown";
+}
+
+// ---- Outcome, Message ----
+
+const Payload& Outcome::value() const {
+    if (error_) std::rethrow_exception(error_);
+    if (!value_) throw std::logic_error("shmctx::Outcome::value(): the outcome is unresolved");
+    return *value_;
+}
+
+void Message::throw_not_flatbuffer() {
+    throw DecodeError("message is not a FlatBuffer payload");
+}
+
+// ---- Actor ----
+
+Actor::Actor(std::string name, ActorOptions options)
+    : core_(std::make_shared<detail::ActorCore>(std::move(name), std::move(options))) {
+    core_->start();
+}
+
+Actor::~Actor() { core_->shutdown(); }
+
+const Uid& Actor::uid() const noexcept { return core_->uid(); }
+
+void Actor::expose(std::string fn, Endpoint endpoint, ExposeOptions options) {
+    core_->expose(std::move(fn), std::move(endpoint), options);
+}
+
+Portal Actor::connect(std::string_view peer_name, Deadline deadline) {
+    return Portal(core_, core_->connect(peer_name, deadline));
+}
+
+std::size_t Actor::endpoint_threads() const { return core_->endpoint_threads(); }
+std::size_t Actor::open_contexts() const { return core_->open_contexts(); }
+std::size_t Actor::links() const { return core_->link_count(); }
+
+// ---- Portal ----
+
+const Uid& Portal::peer() const noexcept { return link_->peer; }
+const Uid& Portal::self() const noexcept { return core_->uid(); }
+
+namespace {
+
+std::shared_ptr<detail::ContextState> open_parent(const std::shared_ptr<detail::ActorCore>& core,
+                                                  const detail::LinkHandle& handle,
+                                                  std::string_view fn, PayloadView args,
+                                                  const OpenOptions& options) {
+    if (!handle.link) {
+        throw InvalidOperation("can not open a context with the local actor " +
+                               core->uid().to_string());
+    }
+    if (fn.empty()) throw std::invalid_argument("open_context: empty function name");
+    wire::ContextSettings own;
+    own.msg_buffer_size =
+        options.msg_buffer_size != 0 ? options.msg_buffer_size : core->options().msg_buffer_size;
+    own.allow_overruns = options.allow_overruns;
+    auto st = std::make_shared<detail::ContextState>(
+        core, handle.link, Side::parent, core->next_cid(), std::string(fn), own,
+        detail::current_scope(), &core->root_scope());
+    core->register_context(st);
+    try {
+        st->send_start(args);
+    } catch (...) {
+        st->finish();
+        throw;
+    }
+    return st;
+}
+
+/// Ends the context when the open_context call leaves, however it leaves.
+struct FinishOnExit {
+    detail::ContextState& state;
+    explicit FinishOnExit(detail::ContextState& s) : state(s) {}
+    FinishOnExit(const FinishOnExit&) = delete;
+    FinishOnExit& operator=(const FinishOnExit&) = delete;
+    ~FinishOnExit() { state.finish(); }
+};
+
+bool is_remote_or_transport(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const RemoteActorError&) {
+        return true;
+    } catch (const TransportClosed&) {
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+}  // namespace
+
+Outcome Portal::run_context(std::string_view fn, PayloadView args, const OpenOptions& options,
+                            const BodyFn& body) {
+    auto st = open_parent(core_, *link_, fn, args, options);
+    const FinishOnExit finish{*st};
+    Payload first;
+    try {
+        first = st->await_started();
+    } catch (...) {
+        // An error before started() is raised at entry. Anything else (an enclosing cancel)
+        // leaves the remote task behind us: cancel it first (spec §3.5 step 2).
+        if (!is_remote_or_transport(std::current_exception())) {
+            st->set_local_error(std::current_exception());
+            st->cancel_quietly();
+        }
+        throw;
+    }
+    Context ctx = detail::ContextState::handle(st);
+    std::exception_ptr body_error;
+    try {
+        (void)detail::run_in_scope(st->scope(), [&] { body(ctx, first); });
+    } catch (...) {
+        body_error = std::current_exception();
+    }
+    return st->exit_parent(body_error);
+}
+
+Payload Portal::run(std::string_view fn, PayloadView args, Deadline deadline) {
+    auto st = open_parent(core_, *link_, fn, args, OpenOptions{});
+    const FinishOnExit finish{*st};
+    return st->run_result(deadline);
+}
+
+// ---- Context ----
+
+Side Context::side() const noexcept { return state_->side(); }
+const Uid& Context::peer() const noexcept { return state_->peer(); }
+const Cid& Context::cid() const noexcept { return state_->cid(); }
+const Uid& Context::self() const noexcept { return state_->self(); }
+void Context::started(PayloadView value) { state_->started(value); }
+
+MsgStream Context::open_stream(StreamOptions options) {
+    state_->open_stream(options);
+    return MsgStream(state_);
+}
+
+void Context::cancel(Deadline deadline) { state_->cancel(deadline); }
+Outcome Context::wait_for_result() { return state_->wait_for_result(); }
+bool Context::cancel_called() const noexcept { return state_->cancel_called(); }
+bool Context::cancel_acked() const { return state_->cancel_acked(); }
+bool Context::cancelled_caught() const noexcept { return state_->scope().cancelled_caught(); }
+std::optional<Uid> Context::canceller() const { return state_->canceller(); }
+std::exception_ptr Context::remote_error() const { return state_->remote_error(); }
+std::exception_ptr Context::local_error() const { return state_->local_error(); }
+std::exception_ptr Context::maybe_error() const { return state_->maybe_error(); }
+const RemoteActorError* Context::remote_error_info() const {
+    return state_->remote_error_info();
+}
+Outcome Context::outcome() const { return state_->outcome(); }
+bool Context::has_outcome() const { return state_->has_outcome(); }
+State Context::state() const { return state_->state(); }
+bool Context::cancelled() const noexcept { return state_->scope().cancelled(); }
+
+void Context::checkpoint() {
+    if (state_->scope().cancelled()) detail::throw_cancelled();
+}
+
+void Context::sleep_for(Duration d) {
+    // The calling thread's scope chain (inside the body or endpoint it includes this context's
+    // scope); from another thread, this context's scope alone.
+    if (detail::current_scope() != nullptr) {
+        detail::sleep_for(d);
+        return;
+    }
+    const detail::ScopeEntry entry(state_->scope());
+    detail::sleep_for(d);
+}
+
+std::stop_token Context::stop_token() const noexcept { return state_->scope().stop_token(); }
+
+// ---- MsgStream ----
+
+MsgStream::MsgStream(std::shared_ptr<detail::ContextState> state) noexcept
+    : state_(std::move(state)) {}
+
+MsgStream::MsgStream(MsgStream&& other) noexcept = default;
+
+MsgStream& MsgStream::operator=(MsgStream&& other) noexcept {
+    if (this != &other) {
+        if (state_) {
+            try {
+                state_->close_stream();
+            } catch (...) {
+                // Closing is best effort here; the context's end closes it anyway.
+            }
+        }
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+
+MsgStream::~MsgStream() {
+    if (!state_) return;
+    try {
+        state_->close_stream();
+    } catch (...) {
+        // A destructor never throws; the context's end closes the stream anyway.
+    }
+}
+
+void MsgStream::send(PayloadView message) { (void)state_->try_send(message, true); }
+
+SendStatus MsgStream::try_send(PayloadView message) noexcept {
+    try {
+        return state_->try_send(message, false);
+    } catch (...) {
+        return SendStatus::peer_error;
+    }
+}
+
+Message MsgStream::receive() { return *state_->receive(Deadline::never(), true); }
+
+std::optional<Message> MsgStream::receive_for(Duration timeout) {
+    return state_->receive(Deadline(timeout), true);
+}
+
+RecvStatus MsgStream::try_receive(Message& out) noexcept { return state_->try_receive(out); }
+
+void MsgStream::close() { state_->close_stream(); }
+bool MsgStream::closed() const noexcept {
+    try {
+        return state_->stream_closed();
+    } catch (...) {
+        return true;
+    }
+}
+std::size_t MsgStream::max_message_bytes() const noexcept { return state_->max_message_bytes(); }
+
+MsgStream::iterator& MsgStream::iterator::operator++() {
+    try {
+        current_ = stream_->receive();
+    } catch (const EndOfChannel&) {
+        stream_ = nullptr;
+    }
+    return *this;
+}
+
+}  // namespace shmctx

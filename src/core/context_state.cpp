@@ -1,0 +1,940 @@
+#include "core/context_state.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include "core/actor_core.hpp"
+#include "core/boxing.hpp"
+#include "core/canceller_thread.hpp"
+
+namespace shmctx::detail {
+
+namespace {
+
+/// Bits of ContextState::blockers_: something a sender must look at under the mutex.
+constexpr std::uint32_t kBlockRemoteError = 1U << 0;
+constexpr std::uint32_t kBlockTransport = 1U << 1;
+constexpr std::uint32_t kBlockPeerEnded = 1U << 2;
+constexpr std::uint32_t kBlockClosed = 1U << 3;
+
+template <class T>
+const T* exception_as(const std::exception_ptr& e) noexcept {
+    if (!e) return nullptr;
+    try {
+        std::rethrow_exception(e);
+    } catch (const T& t) {
+        return &t;  // the object lives as long as any exception_ptr to it
+    } catch (...) {
+        return nullptr;
+    }
+}
+
+bool is_cancelled(const std::exception_ptr& e) noexcept {
+    if (!e) return false;
+    try {
+        std::rethrow_exception(e);
+    } catch (const Cancelled&) {
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+/// A wake slot of our actor for one blocking wait, returned on scope exit.
+class BorrowedSlot {
+public:
+    explicit BorrowedSlot(shm::WakeSlotAllocator& slots) : slots_(slots) {
+        const auto index = slots.allocate();
+        if (!index) throw SystemError("no free wake slot: the actor has too many waiting threads");
+        index_ = *index;
+    }
+    BorrowedSlot(const BorrowedSlot&) = delete;
+    BorrowedSlot& operator=(const BorrowedSlot&) = delete;
+    ~BorrowedSlot() { slots_.release(index_); }
+    std::uint32_t index() const noexcept { return index_; }
+
+private:
+    shm::WakeSlotAllocator& slots_;
+    std::uint32_t index_ = 0;
+};
+
+std::uint16_t data_kind(PayloadKind k) noexcept {
+    return static_cast<std::uint16_t>(kDataKindBase + static_cast<std::uint16_t>(k));
+}
+
+}  // namespace
+
+ContextState::ContextState(std::shared_ptr<ActorCore> core, std::shared_ptr<Link> link, Side side,
+                           Cid cid, std::string fn, wire::ContextSettings own,
+                           CancelScope* scope_parent, CancelScope* scope_also)
+    : core_(std::move(core)),
+      link_(std::move(link)),
+      side_(side),
+      cid_(cid),
+      fn_(std::move(fn)),
+      own_(own),
+      scope_(scope_parent, scope_also) {}
+
+ContextState::~ContextState() = default;
+
+const Uid& ContextState::peer() const noexcept { return link_->peer(); }
+const Uid& ContextState::self() const noexcept { return core_->uid(); }
+
+Context ContextState::handle(std::shared_ptr<ContextState> state) noexcept {
+    return Context(std::move(state));
+}
+
+void ContextState::notify() noexcept {
+    // [ctx.event] pairs with [ctx.event] in receive(): the change is published before the wake.
+    events_.fetch_add(1, std::memory_order::release);
+    cv_.notify_all();
+    shm::storeload_fence();  // [wake.storeload]: events_ before reading the advertisement
+    // relaxed: ordered by the fence above (the receiver stores it before its own fence).
+    const std::uint32_t slot = waiting_slot_.load(std::memory_order::relaxed);
+    if (slot != 0) {
+        if (shm::WakeSlot* s = core_->wake_table().slot(slot - 1)) shm::ring(*s);
+    }
+}
+
+void ContextState::post_scope_cancel(std::optional<Uid> canceller, std::string reason) {
+    // CancelScope::cancel runs stop-callbacks: never on the control loop (DESIGN.md §4.6).
+    auto self = shared_from_this();
+    if (!core_->canceller().post([self, canceller = std::move(canceller),
+                                  reason = std::move(reason)]() mutable {
+            self->scope_.cancel(std::move(canceller), std::move(reason));
+        })) {
+        // The canceller thread is stopping: the actor shuts down and cancels its root scope,
+        // which encloses this one.
+    }
+}
+
+bool ContextState::ship(
+    const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode) {
+    return link_->send(encode);
+}
+
+// ---- control loop ----
+
+void ContextState::on_start_ack(const wire::ContextSettings& peer_settings) {
+    {
+        const Lock lock(mu_);
+        peer_settings_ = peer_settings;
+        start_acked_ = true;
+    }
+    notify();
+}
+
+void ContextState::on_started(PayloadView value) {
+    {
+        const Lock lock(mu_);
+        if (started_ || finished_) return;
+        first_ = Payload::copy(value);
+        started_ = true;
+    }
+    notify();
+}
+
+void ContextState::on_stop(std::uint64_t data_seq) {
+    {
+        const Lock lock(mu_);
+        if (stop_seq_) return;
+        stop_seq_ = data_seq;
+        blockers_.fetch_or(kBlockPeerEnded, std::memory_order::release);  // [ctx.blockers]
+    }
+    notify();
+}
+
+void ContextState::on_return(std::uint64_t data_seq, PayloadView value) {
+    {
+        const Lock lock(mu_);
+        if (result_ || remote_error_) return;  // one terminal per context: the first counts
+        result_ = Payload::copy(value);
+        return_seq_ = data_seq;
+        // A Return that arrives before Started counts as an empty started() (DESIGN.md §4.9).
+        if (!started_) {
+            started_ = true;
+            first_ = Payload{};
+        }
+        blockers_.fetch_or(kBlockPeerEnded, std::memory_order::release);  // [ctx.blockers]
+    }
+    notify();
+}
+
+void ContextState::on_error(const wire::fb::Error& record) {
+    std::optional<Uid> canceller;
+    bool cancel_scope = false;
+    {
+        Lock lock(mu_);
+        if (remote_error_ || result_) return;  // first error wins; a Return was final
+        remote_error_ = unbox(record);
+        remote_info_ = exception_as<RemoteActorError>(remote_error_);
+        // spec §3.3 step 2: a ctxc naming us as canceller is "self"; otherwise the peer that
+        // sent (relayed) it.
+        if (const auto* ctxc = exception_as<ContextCancelled>(remote_error_)) {
+            canceller_ = ctxc->canceller() == self() ? self() : ctxc->src_uid();
+        } else if (remote_info_ != nullptr) {
+            canceller_ = remote_info_->src_uid();
+        }
+        canceller = canceller_;
+        // Step 3: a self-cancel ack cancels the scope only when the task is not receiving on
+        // this context (it then sees the error through that call).
+        cancel_scope = !is_self_cancelled_locked(remote_error_) ||
+                       !receiving_.load(std::memory_order::acquire);
+        blockers_.fetch_or(kBlockRemoteError, std::memory_order::release);  // [ctx.blockers]
+    }
+    notify();
+    if (cancel_scope) post_scope_cancel(canceller, "the peer's task of this context failed");
+}
+
+void ContextState::on_stream_open(const shm::CarveDescriptor& descriptor) {
+    const shm::ArenaView* arena = link_->peer_arena();
+    if (arena == nullptr) return;  // impossible: records only come from an attached arena
+    {
+        Lock lock(mu_);
+        if (!in_ && !finished_) {
+            const std::span<std::byte> region = arena->attach(descriptor);  // ProtocolError
+            in_.emplace(shm::RingReader::attach(region, descriptor.generation,
+                                                link_->peer_wakes(),
+                                                shm::RingReaderOptions{kMaxDataKind}));
+            in_desc_ = descriptor;
+            if (stream_options_) {
+                if (stream_options_->msg_buffer_size != 0) {
+                    in_->set_capacity_msgs(stream_options_->msg_buffer_size);
+                }
+                if (stream_options_->allow_overruns) {
+                    in_->set_allow_overruns(*stream_options_->allow_overruns);
+                }
+            }
+            if (stream_closed_) in_->close();
+            // [ctx.in] pairs with [ctx.in] in receive(): in_ is built before the flag.
+            in_ready_.store(true, std::memory_order::release);
+            lock.unlock();
+            notify();
+            return;
+        }
+    }
+    // A duplicate, or a context that already ended: give the carve back at once.
+    arena->detach(descriptor);
+}
+
+bool ContextState::on_cancel_request(std::uint64_t request_id, const Uid& requester) {
+    {
+        const Lock lock(mu_);
+        if (task_done_) return false;
+        if (!canceller_) canceller_ = requester;
+        pending_acks_.push_back(request_id);
+    }
+    post_scope_cancel(requester, "cancel requested by " + requester.to_string());
+    return true;
+}
+
+void ContextState::on_cancel_ack(std::uint64_t request_id, bool /*found*/) {
+    {
+        const Lock lock(mu_);
+        acked_.push_back(request_id);
+    }
+    notify();
+}
+
+void ContextState::on_link_lost(std::exception_ptr why) {
+    {
+        const Lock lock(mu_);
+        if (transport_error_ || finished_) return;
+        transport_error_ = std::move(why);
+        if (side_ == Side::child && !canceller_) canceller_ = self();
+        blockers_.fetch_or(kBlockTransport, std::memory_order::release);  // [ctx.blockers]
+    }
+    notify();
+    // Child tasks of a lost link are cancelled with ourselves as canceller (DESIGN.md §4.7);
+    // a parent's body is woken the same way so that no wait outlives the link.
+    post_scope_cancel(self(), "the link to " + peer().to_string() + " was lost");
+}
+
+// ---- parent side ----
+
+void ContextState::send_start(PayloadView args) {
+    bool too_large = false;
+    std::size_t size = 0;
+    std::size_t cap = 0;
+    const bool sent = ship([&](wire::ControlEncoder& enc) {
+        wire::StartFields f;
+        f.cid = cid_;
+        f.fn_name = fn_;
+        f.args = args;
+        f.caller = wire::UidRef{self().name, self().uuid};
+        f.options = own_;
+        const std::span<const std::byte> rec = enc.start(f);
+        if (rec.size() > enc.max_record_bytes()) {
+            too_large = true;
+            size = rec.size();
+            cap = enc.max_record_bytes();
+            throw PayloadTooLarge("start arguments of '" + fn_ + "'", size, cap);
+        }
+        return rec;
+    });
+    if (!sent) {
+        const Lock lock(mu_);
+        if (auto e = link_->failure()) std::rethrow_exception(e);
+        throw TransportClosed("the link to " + peer().to_string() + " is closed");
+    }
+}
+
+Payload ContextState::await_started() {
+    Lock lock(mu_);
+    const std::stop_token stop = current_stop_token();
+    const bool ready = cv_.wait(lock, stop, [&] {
+        return started_ || remote_error_ != nullptr || transport_error_ != nullptr;
+    });
+    if (!ready) {
+        lock.unlock();
+        throw_cancelled();
+    }
+    if (started_) return first_ ? *first_ : Payload{};
+    const std::exception_ptr e = remote_error_ ? remote_error_ : transport_error_;
+    if (!local_error_) local_error_ = e;
+    lock.unlock();
+    std::rethrow_exception(e);
+}
+
+Payload ContextState::run_result(Deadline deadline) {
+    Lock lock(mu_);
+    const std::stop_token stop = current_stop_token();
+    const auto done = [&] {
+        return result_.has_value() || remote_error_ != nullptr || transport_error_ != nullptr;
+    };
+    bool ready = false;
+    if (deadline.is_infinite()) {
+        ready = cv_.wait(lock, stop, done);
+    } else {
+        ready = cv_.wait_until(lock, stop, deadline.at(), done);
+    }
+    if (!ready) {
+        lock.unlock();
+        if (stop.stop_requested()) throw_cancelled();
+        cancel(std::chrono::milliseconds(616));
+        throw TimedOut("'" + fn_ + "' on " + peer().to_string() + " did not return in time (" +
+                       cid_.to_string() + "); the remote task was cancelled");
+    }
+    if (result_) return *result_;
+    const std::exception_ptr e = remote_error_ ? remote_error_ : transport_error_;
+    lock.unlock();
+    std::rethrow_exception(e);
+}
+
+Outcome ContextState::wait_for_result() {
+    if (side_ != Side::parent) {
+        throw InvalidOperation("wait_for_result() is only for the parent side of a context");
+    }
+    Lock lock(mu_);
+    const std::stop_token stop = current_stop_token();
+    const bool ready = cv_.wait(lock, stop, [&] {
+        return result_.has_value() || remote_error_ != nullptr || transport_error_ != nullptr;
+    });
+    if (!ready) {
+        // Cancelled from outside while waiting: a recorded remote error wins (spec §2.5).
+        lock.unlock();
+        throw_cancelled();
+    }
+    if (remote_error_) {
+        if (is_self_cancelled_locked(remote_error_)) {
+            if (!local_error_) local_error_ = remote_error_;
+            return Outcome::of_error(remote_error_, true);
+        }
+        const std::exception_ptr e = remote_error_;
+        if (!local_error_) local_error_ = e;
+        lock.unlock();
+        std::rethrow_exception(e);
+    }
+    if (result_) return Outcome::of_value(*result_);
+    const std::exception_ptr e = transport_error_;
+    if (!local_error_) local_error_ = e;
+    lock.unlock();
+    std::rethrow_exception(e);
+}
+
+Outcome ContextState::exit_parent(std::exception_ptr body_error) {
+    const auto exit_normally = [&]() -> Outcome {
+        try {
+            return wait_for_result();
+        } catch (...) {
+            // A Cancelled from an enclosing scope while waiting: never leave the remote task
+            // running behind us (our choice; tractor leaves it to the transport).
+            if (is_cancelled(std::current_exception())) cancel_quietly();
+            throw;
+        }
+    };
+    if (!body_error) return exit_normally();
+    try {
+        std::rethrow_exception(body_error);
+    } catch (const EndOfChannel&) {
+        bool own_stream_ended = false;
+        {
+            const Lock lock(mu_);
+            own_stream_ended =
+                stream_opened_ && (stream_closed_ || stop_seq_.has_value() || return_seq_);
+        }
+        if (own_stream_ended) return exit_normally();  // absorbed (DESIGN.md §4.9)
+        set_local_error(body_error);
+        cancel_quietly();
+        throw;
+    } catch (const ContextCancelled& x) {
+        // spec §3.5 step 1: our own acknowledged cancel exits silently; any other ctxc is
+        // re-raised without cancelling (the peer is cancelled already).
+        set_local_error(body_error);
+        bool graceful = false;
+        {
+            const Lock lock(mu_);
+            graceful = cancel_called() && remote_info_ == &x && x.canceller() == self();
+        }
+        if (graceful) return Outcome::of_error(body_error, true);
+        throw;
+    } catch (...) {
+        // spec §3.5 step 2: any other error (an enclosing Cancelled included) cancels the
+        // context and propagates unchanged.
+        set_local_error(body_error);
+        cancel_quietly();
+        throw;
+    }
+}
+
+void ContextState::cancel_quietly() noexcept {
+    try {
+        cancel(std::chrono::milliseconds(616));
+    } catch (...) {
+        // Transport errors while cancelling on an error path are swallowed (spec §3.1).
+    }
+}
+
+// ---- child side ----
+
+void ContextState::started(PayloadView value) {
+    if (side_ != Side::child) {
+        throw InvalidOperation("started() is only for the child side of a context (" +
+                               cid_.to_string() + ")");
+    }
+    {
+        const Lock lock(mu_);
+        if (started_) {
+            throw InvalidOperation("started() called twice on context " + cid_.to_string());
+        }
+        started_ = true;
+    }
+    const bool sent = ship([&](wire::ControlEncoder& enc) {
+        const std::span<const std::byte> rec = enc.started(cid_, value);
+        if (rec.size() > enc.max_record_bytes()) {
+            throw PayloadTooLarge("started() value of '" + fn_ + "'", rec.size(),
+                                  enc.max_record_bytes());
+        }
+        return rec;
+    });
+    if (!sent) {
+        const Lock lock(mu_);
+        if (transport_error_) std::rethrow_exception(transport_error_);
+        throw TransportClosed("the link to " + peer().to_string() + " is closed");
+    }
+}
+
+void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr error,
+                                bool cancelled) {
+    {
+        bool close = false;
+        {
+            const Lock lock(mu_);
+            close = stream_opened_ && !stream_closed_;
+        }
+        if (close) close_stream();
+    }
+    const std::uint64_t data_seq = out_ ? out_->written_msgs() : 0;
+    std::exception_ptr ship_error;
+    if (error && is_cancelled(error)) {
+        cancelled = true;
+        error = nullptr;
+    }
+    {
+        const Lock lock(mu_);
+        if (error) {
+            // spec §2.2 step 6: a recorded remote error (not our own cancel's ack) replaces it.
+            local_error_ = error;
+            ship_error = remote_error_ && !is_self_cancelled_locked(remote_error_) ? remote_error_
+                                                                                   : error;
+        } else if (cancelled) {
+            if (remote_error_) {
+                ship_error = remote_error_;
+            } else {
+                const std::optional<Uid> who =
+                    cancel_called() ? std::optional<Uid>(self()) : canceller_;
+                ship_error = std::make_exception_ptr(make_context_cancelled(
+                    self(), peer(), who, cid_, Side::child, scope_.reason()));
+            }
+            local_error_ = ship_error;
+        } else if (value) {
+            result_ = *value;
+        }
+    }
+    bool sent = true;
+    if (ship_error) {
+        BoxedError boxed = box(ship_error, self(), cid_, fn_);
+        sent = ship([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(data_seq)); });
+    } else {
+        const Payload empty;
+        const Payload& v = value ? *value : empty;
+        std::optional<BoxedError> too_large;
+        sent = ship([&](wire::ControlEncoder& enc) {
+            const std::span<const std::byte> rec = enc.return_value(cid_, data_seq, v);
+            if (rec.size() <= enc.max_record_bytes()) return rec;
+            // Too big for one control record: the parent gets PayloadTooLarge instead.
+            too_large.emplace(box(std::make_exception_ptr(PayloadTooLarge(
+                                      "Return value of endpoint '" + fn_ + "'", rec.size(),
+                                      enc.max_record_bytes())),
+                                  self(), cid_, fn_));
+            return enc.error(too_large->fields(data_seq));
+        });
+    }
+    (void)sent;  // a lost link: the parent learns it from the link, not from this record
+    std::vector<std::uint64_t> acks;
+    {
+        const Lock lock(mu_);
+        task_done_ = true;
+        acks.swap(pending_acks_);
+    }
+    // spec §3.1: the terminal precedes the ack on the same FIFO ring.
+    for (const std::uint64_t id : acks) {
+        (void)ship([&](wire::ControlEncoder& enc) { return enc.cancel_ack(id, true); });
+    }
+    finish();
+}
+
+// ---- both ----
+
+void ContextState::open_stream(const StreamOptions& options) {
+    Lock lock(mu_);
+    if (cancel_called()) {
+        // spec §2.4: after our own cancel, the recorded error is raised, even our own ack.
+        if (remote_error_) {
+            const std::exception_ptr e = remote_error_;
+            lock.unlock();
+            std::rethrow_exception(e);
+        }
+        throw InvalidOperation("stream opened after cancel() on context " + cid_.to_string());
+    }
+    if (stream_opened_) {
+        throw ClosedResourceError("the stream of context " + cid_.to_string() +
+                                  " was already opened: a context streams once");
+    }
+    if (finished_) {
+        throw ClosedResourceError("context " + cid_.to_string() + " has ended");
+    }
+    if (side_ == Side::child && !started_) {
+        throw InvalidOperation("started() must be called before opening a stream (context " +
+                               cid_.to_string() + ")");
+    }
+    stream_opened_ = true;
+    stream_options_ = options;
+    if (in_) {
+        if (options.msg_buffer_size != 0) in_->set_capacity_msgs(options.msg_buffer_size);
+        if (options.allow_overruns) in_->set_allow_overruns(*options.allow_overruns);
+    }
+}
+
+void ContextState::cancel(Deadline deadline) {
+    cancel_called_.store(true, std::memory_order::release);
+    if (side_ == Side::child) {
+        {
+            const Lock lock(mu_);
+            canceller_ = self();
+        }
+        // spec §3.1 child side: cancels our own scope at once, sends nothing.
+        scope_.cancel(self(), "cancelled by itself");
+        return;
+    }
+    const std::uint64_t request_id = core_->next_request_id();
+    core_->register_request(request_id, shared_from_this());
+    const bool sent = ship([&](wire::ControlEncoder& enc) {
+        return enc.cancel_context(request_id, wire::UidRef{self().name, self().uuid}, cid_);
+    });
+    if (!sent) {
+        core_->forget_request(request_id);
+        return;  // the link is gone: its loss is the outcome
+    }
+    // Shielded from the caller's own cancellation (spec §3.1), bounded by the deadline.
+    Lock lock(mu_);
+    const auto acked = [&] {
+        return std::find(acked_.begin(), acked_.end(), request_id) != acked_.end() ||
+               transport_error_ != nullptr;
+    };
+    if (deadline.is_infinite()) {
+        cv_.wait(lock, acked);
+    } else {
+        (void)cv_.wait_until(lock, deadline.at(), acked);
+    }
+    core_->forget_request(request_id);
+}
+
+void ContextState::finish() {
+    std::optional<shm::RingReader> in;
+    std::optional<shm::CarveDescriptor> in_desc;
+    {
+        const Lock lock(mu_);
+        if (finished_) return;
+        finished_ = true;
+        stream_closed_ = true;
+        blockers_.fetch_or(kBlockClosed, std::memory_order::release);  // [ctx.blockers]
+        if (in_) in_->close();
+        in_desc = in_desc_;
+    }
+    if (in_desc) {
+        if (const shm::ArenaView* arena = link_->peer_arena()) {
+            try {
+                arena->detach(*in_desc);
+            } catch (const std::exception&) {
+                // A corrupt carve header: the peer's problem; nothing of ours to give back.
+            }
+        }
+    }
+    if (out_) {
+        out_->close();
+        link_->release(out_desc_);
+    }
+    core_->unregister_context(*this);
+    notify();
+}
+
+// ---- stream ----
+
+void ContextState::ensure_out_ring() {
+    wire::ContextSettings peer_settings;
+    {
+        const Lock lock(mu_);
+        peer_settings = peer_settings_;
+    }
+    const std::size_t data_bytes = core_->options().data_ring_bytes;
+    const shm::Carve carve = link_->carve(shm::ring_region_bytes(data_bytes));
+    shm::RingParams params;
+    params.data_bytes = data_bytes;
+    params.generation = carve.descriptor.generation;
+    params.capacity_msgs = peer_settings.msg_buffer_size != 0 ? peer_settings.msg_buffer_size
+                                                              : core_->options().msg_buffer_size;
+    params.allow_overruns = peer_settings.allow_overruns;
+    try {
+        out_.emplace(shm::RingWriter::create(carve.body, params, link_->peer_wakes()));
+    } catch (...) {
+        link_->release(carve.descriptor);
+        throw;
+    }
+    out_desc_ = carve.descriptor;
+    // Announced before the first record (DESIGN.md §3 "Data rings").
+    const bool sent = ship([&](wire::ControlEncoder& enc) {
+        return enc.stream_open(wire::StreamOpenFields{cid_, carve.descriptor.offset,
+                                                      carve.descriptor.bytes,
+                                                      carve.descriptor.generation});
+    });
+    if (!sent) {
+        const Lock lock(mu_);
+        if (transport_error_) std::rethrow_exception(transport_error_);
+        throw TransportClosed("the link to " + peer().to_string() + " is closed");
+    }
+}
+
+SendStatus ContextState::try_send(PayloadView message, bool raise) {
+    // [ctx.blockers] pairs with the fetch_or()s: a set bit means "look under the mutex".
+    if (blockers_.load(std::memory_order::acquire) != 0) {
+        Lock lock(mu_);
+        if (remote_error_ && !is_self_cancelled_locked(remote_error_)) {
+            if (!raise) return SendStatus::peer_error;
+            const std::exception_ptr e = remote_error_;
+            lock.unlock();
+            std::rethrow_exception(e);
+        }
+        if (transport_error_) {
+            if (!raise) return SendStatus::peer_error;
+            const std::exception_ptr e = transport_error_;
+            lock.unlock();
+            std::rethrow_exception(e);
+        }
+        if (stream_closed_) {
+            if (!raise) return SendStatus::closed;
+            throw EndOfChannel("the stream of context " + cid_.to_string() +
+                               " was closed by this side");
+        }
+        if (stop_seq_ || return_seq_) {
+            // DESIGN.md §4.8: after the peer's Stop our send raises even if we never receive.
+            if (!raise) return SendStatus::peer_stopped;
+            throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
+                               " side of context " + cid_.to_string() + " ended its stream");
+        }
+    }
+    if (current_cancelled()) {
+        if (!raise) return SendStatus::cancelled;
+        throw_cancelled();
+    }
+    if (!out_) {
+        if (!raise) {
+            try {
+                ensure_out_ring();
+            } catch (...) {
+                return SendStatus::peer_error;
+            }
+        } else {
+            ensure_out_ring();
+        }
+    }
+    const shm::WriteResult r = out_->try_write(data_kind(message.kind()), message.bytes());
+    switch (r) {
+        case shm::WriteResult::ok:
+            return SendStatus::ok;
+        case shm::WriteResult::full_msgs:
+        case shm::WriteResult::full_bytes: {
+            if (out_->consumer_closed()) {
+                if (!raise) return SendStatus::peer_stopped;
+                throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
+                                   " side of context " + cid_.to_string() + " closed its stream");
+            }
+            out_->note_overrun();
+            if (!raise) return SendStatus::full;
+            const bool msgs = r == shm::WriteResult::full_msgs;
+            throw StreamOverrun(self(), peer(), cid_,
+                                msgs ? OverrunLimit::messages : OverrunLimit::bytes,
+                                msgs ? "its inbound ring holds " +
+                                           std::to_string(out_->capacity_msgs()) + " messages"
+                                     : "its inbound ring has no room for " +
+                                           std::to_string(message.size_bytes()) + " bytes");
+        }
+        case shm::WriteResult::too_large:
+            if (!raise) return SendStatus::too_large;
+            throw PayloadTooLarge("a stream message of context " + cid_.to_string(),
+                                  message.size_bytes(), out_->max_payload_bytes());
+        case shm::WriteResult::consumer_closed:
+            if (!raise) return SendStatus::peer_stopped;
+            throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
+                               " side of context " + cid_.to_string() + " closed its stream");
+        case shm::WriteResult::protocol_error:
+            break;
+    }
+    if (!raise) return SendStatus::peer_error;
+    throw ProtocolError("data ring of context " + cid_.to_string() + " to " + peer().to_string() +
+                        ": " + std::string(out_->error_text()));
+}
+
+std::optional<std::uint64_t> ContextState::end_seq_locked() const noexcept {
+    if (stop_seq_ && return_seq_) return std::min(*stop_seq_, *return_seq_);
+    if (stop_seq_) return stop_seq_;
+    return return_seq_;
+}
+
+ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_ptr& error) {
+    if (holding_) {
+        in_->release();
+        holding_ = false;
+    }
+    if (blockers_.load(std::memory_order::acquire) & (kBlockRemoteError | kBlockTransport)) {
+        const Lock lock(mu_);
+        // spec §2.4 receive(): a recorded error is raised, even our own cancel's ack.
+        error = remote_error_ ? remote_error_ : transport_error_;
+        if (error) return Poll::error;
+    }
+    // [ctx.in] pairs with [ctx.in] in on_stream_open(): in_ is complete once the flag is seen.
+    if (in_ready_.load(std::memory_order::acquire)) {
+        shm::RecordView record;
+        const shm::ReadResult r = in_->try_read(record);
+        if (r == shm::ReadResult::ok) {
+            if (record.kind < kDataKindBase) {
+                error = std::make_exception_ptr(
+                    ProtocolError("data ring of context " + cid_.to_string() + ": record kind " +
+                                  std::to_string(record.kind) + " is not a payload kind"));
+                return Poll::error;
+            }
+            holding_ = true;
+            out = Message(PayloadView(static_cast<PayloadKind>(record.kind - kDataKindBase),
+                                      record.payload));
+            return Poll::message;
+        }
+        if (r == shm::ReadResult::protocol_error) {
+            error = std::make_exception_ptr(ProtocolError(
+                "data ring of context " + cid_.to_string() + ": " + std::string(in_->error_text())));
+            return Poll::error;
+        }
+    }
+    const Lock lock(mu_);
+    if (stream_closed_) return Poll::closed;
+    const std::optional<std::uint64_t> end = end_seq_locked();
+    const std::uint64_t read = in_ ? in_->read_msgs() : 0;
+    if (end && read >= *end) return Poll::ended;
+    return Poll::empty;
+}
+
+std::optional<Message> ContextState::receive(Deadline deadline, bool raise) {
+    for (;;) {
+        // [ctx.event] pairs with [ctx.event] in notify(): read before looking, so an event
+        // after the look changes it and ends the wait below.
+        const std::uint32_t seen = events_.load(std::memory_order::acquire);
+        Message msg;
+        std::exception_ptr error;
+        switch (poll_locked_out(msg, error)) {
+            case Poll::message:
+                return msg;
+            case Poll::error:
+                std::rethrow_exception(error);
+            case Poll::closed:
+                throw EndOfChannel("the stream of context " + cid_.to_string() +
+                                   " was closed by this side");
+            case Poll::ended:
+                throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
+                                   " side of context " + cid_.to_string() + " ended its stream");
+            case Poll::empty:
+                break;
+        }
+        if (deadline.expired()) return std::nullopt;
+        const BorrowedSlot slot(core_->slots());
+        shm::Waiter waiter(core_->wake_table(), slot.index());
+        // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
+        waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
+        receiving_.store(true, std::memory_order::release);
+        const auto changed = [&] {
+            return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
+        };
+        const std::stop_token stop = raise ? current_stop_token() : std::stop_token{};
+        shm::WaitStatus status = shm::WaitStatus::ready;
+        if (in_ready_.load(std::memory_order::acquire)) {
+            status = in_->wait_readable_or(waiter, changed, deadline, stop);
+        } else {
+            status = waiter.wait(idle_cell_, changed, deadline, stop);
+        }
+        receiving_.store(false, std::memory_order::release);
+        waiting_slot_.store(0, std::memory_order::relaxed);
+        if (status == shm::WaitStatus::cancelled) throw_cancelled();
+        if (status == shm::WaitStatus::timed_out) return std::nullopt;
+    }
+}
+
+RecvStatus ContextState::try_receive(Message& out) noexcept {
+    try {
+        std::exception_ptr error;
+        switch (poll_locked_out(out, error)) {
+            case Poll::message:
+                return RecvStatus::ok;
+            case Poll::error:
+                return RecvStatus::peer_error;
+            case Poll::closed:
+            case Poll::ended:
+                return RecvStatus::end_of_channel;
+            case Poll::empty:
+                return RecvStatus::empty;
+        }
+    } catch (...) {
+        return RecvStatus::peer_error;
+    }
+    return RecvStatus::empty;
+}
+
+void ContextState::close_stream() {
+    std::uint64_t data_seq = 0;
+    {
+        Lock lock(mu_);
+        if (stream_closed_) return;
+        stream_closed_ = true;
+        blockers_.fetch_or(kBlockClosed, std::memory_order::release);  // [ctx.blockers]
+        if (in_) in_->close();
+        if (stop_sent_ || finished_) {
+            lock.unlock();
+            notify();
+            return;
+        }
+        stop_sent_ = true;
+        data_seq = out_ ? out_->written_msgs() : 0;
+    }
+    // A lost link makes the Stop moot; the stream is closed either way.
+    (void)ship([&](wire::ControlEncoder& enc) { return enc.stop(cid_, data_seq); });
+    notify();
+}
+
+bool ContextState::stream_closed() const {
+    const Lock lock(mu_);
+    return stream_closed_;
+}
+
+std::size_t ContextState::max_message_bytes() const noexcept {
+    const std::size_t data_bytes = core_->options().data_ring_bytes;
+    return data_bytes / 4 - shm::kRecordHeaderBytes;
+}
+
+// ---- accessors ----
+
+bool ContextState::is_self_cancelled_locked(const std::exception_ptr& e) const {
+    if (!cancel_called()) return false;
+    const auto* ctxc = exception_as<ContextCancelled>(e);
+    return ctxc != nullptr && ctxc->src_uid() == peer() && ctxc->canceller() == self() &&
+           canceller_ && *canceller_ == self();
+}
+
+bool ContextState::cancel_acked() const {
+    const Lock lock(mu_);
+    return is_self_cancelled_locked(remote_error_);
+}
+
+std::optional<Uid> ContextState::canceller() const {
+    const Lock lock(mu_);
+    return canceller_;
+}
+
+std::exception_ptr ContextState::remote_error() const {
+    const Lock lock(mu_);
+    return remote_error_ ? remote_error_ : transport_error_;
+}
+
+std::exception_ptr ContextState::local_error() const {
+    const Lock lock(mu_);
+    return local_error_;
+}
+
+std::exception_ptr ContextState::maybe_error() const {
+    const Lock lock(mu_);
+    if (remote_info_ != nullptr) return remote_error_;
+    if (local_error_) return local_error_;
+    return remote_error_ ? remote_error_ : transport_error_;
+}
+
+const RemoteActorError* ContextState::remote_error_info() const {
+    const Lock lock(mu_);
+    return remote_info_;
+}
+
+void ContextState::set_local_error(std::exception_ptr e) {
+    const Lock lock(mu_);
+    if (!local_error_) local_error_ = std::move(e);
+}
+
+Outcome ContextState::outcome() const {
+    const std::exception_ptr err = maybe_error();
+    const Lock lock(mu_);
+    if (err) return Outcome::of_error(err, err == remote_error_ && is_self_cancelled_locked(err));
+    if (result_) return Outcome::of_value(*result_);
+    return Outcome{};
+}
+
+bool ContextState::has_outcome() const { return outcome().resolved(); }
+
+State ContextState::state() const {
+    const Lock lock(mu_);
+    if (remote_error_) {
+        if (exception_as<ContextCancelled>(remote_error_) != nullptr) {
+            return is_self_cancelled_locked(remote_error_) ? State::self_cancelled
+                                                           : State::peer_cancelled;
+        }
+        return State::errored;
+    }
+    if (transport_error_) return State::errored;
+    if (result_) return State::result_returned;
+    if (local_error_) {
+        return is_cancelled(local_error_) || exception_as<ContextCancelled>(local_error_)
+                   ? State::actor_cancelled
+                   : State::errored;
+    }
+    if (scope_.cancel_called() && canceller_) return State::actor_cancelled;
+    if (stream_opened_) {
+        return stream_closed_ || stop_seq_ ? State::streaming_finished : State::streaming;
+    }
+    if (started_) return State::started;
+    return side_ == Side::parent ? State::syncing_to_child : State::pre_started;
+}
+
+}  // namespace shmctx::detail

@@ -1,0 +1,190 @@
+// The state of one side of a context, shared by its Context handles, its MsgStream and the
+// control loop (DESIGN.md §4, docs/protocol.md §8 "Context"). Private to core.
+//
+// Writers: the control loop records what arrives (StartAck, Started, Stop, Return, Error,
+// StreamOpen, cancel requests and acks, link loss) under `mu_`, then notify()s; the task's
+// threads read under `mu_` and wait on `cv_` (any number of threads) or, for the one receiving
+// thread, on its wake slot through the inbound ring's data cell (the data producer in the peer
+// rings it) while also watching `events_` (notify() rings the advertised slot).
+//
+//   [ctx.event] notify(): events_ += 1 (release), storeload fence, read waiting_slot_ and ring
+//   it. The receiver: store waiting_slot_, then Waiter::wait (whose fence follows the store)
+//   checks events_ (acquire). One of the two sees the other's store: no lost wake-up.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/cancel_scope.hpp"
+#include "core/link.hpp"
+#include "shmctx/context.hpp"
+#include "shmctx/errors.hpp"
+#include "shmctx/ids.hpp"
+#include "shmctx/payload.hpp"
+#include "shmctx/shm/arena.hpp"
+#include "shmctx/shm/ring.hpp"
+#include "shmctx/shm/wake.hpp"
+#include "shmctx/wire/codec.hpp"
+
+namespace shmctx::detail {
+
+class ActorCore;
+
+/// Thread-safety: see the file comment; public members say which thread calls them.
+class ContextState : public std::enable_shared_from_this<ContextState> {
+public:
+    /// `scope_parent`/`scope_also`: the scopes the context's scope nests in (parent side: the
+    /// caller's current scope and the actor's root; child side: the actor's root).
+    ContextState(std::shared_ptr<ActorCore> core, std::shared_ptr<Link> link, Side side, Cid cid,
+                 std::string fn, wire::ContextSettings own, CancelScope* scope_parent,
+                 CancelScope* scope_also);
+    ContextState(const ContextState&) = delete;
+    ContextState& operator=(const ContextState&) = delete;
+    ~ContextState();
+
+    Side side() const noexcept { return side_; }
+    const Cid& cid() const noexcept { return cid_; }
+    const Uid& peer() const noexcept;
+    const Uid& self() const noexcept;
+    const std::string& fn() const noexcept { return fn_; }
+    CancelScope& scope() noexcept { return scope_; }
+    const CancelScope& scope() const noexcept { return scope_; }
+    Link& link() const noexcept { return *link_; }
+    const wire::ContextSettings& own_settings() const noexcept { return own_; }
+
+    // ---- control loop: records what arrived (never blocks) ----
+    void on_start_ack(const wire::ContextSettings& peer_settings);
+    void on_started(PayloadView value);
+    void on_stop(std::uint64_t data_seq);
+    void on_return(std::uint64_t data_seq, PayloadView value);
+    void on_error(const wire::fb::Error& record);
+    void on_stream_open(const shm::CarveDescriptor& descriptor);
+    /// A cancel request for this (child) context from its peer; false if the task already
+    /// finished (the caller acks at once).
+    bool on_cancel_request(std::uint64_t request_id, const Uid& requester);
+    void on_cancel_ack(std::uint64_t request_id, bool found);
+    void on_link_lost(std::exception_ptr why);
+
+    // ---- parent side ----
+    /// Sends Start (PayloadTooLarge before anything is sent).
+    void send_start(PayloadView args);
+    /// Waits for Started (or a Return, which counts as an empty started()); raises an Error
+    /// recorded before it, or the link loss. Waits observe the caller's scope.
+    Payload await_started();
+    /// Portal::run: waits for the Return (Started only records the first value); raises the
+    /// child's error; past `deadline` cancels the remote task and raises TimedOut.
+    Payload run_result(Deadline deadline);
+    /// cancel(616 ms) swallowing every error (the error paths of open_context).
+    void cancel_quietly() noexcept;
+    /// The open_context exit algorithm (spec §3.5) after the body: `body_error` null for a
+    /// normal exit (including an absorbed cancel). Returns the outcome or rethrows.
+    Outcome exit_parent(std::exception_ptr body_error);
+    Outcome wait_for_result();
+
+    // ---- child side ----
+    void started(PayloadView value);
+    /// The endpoint's end: ships Return or Error (spec §2.2 steps 4-7), then pending acks.
+    void finish_child(std::optional<Payload> value, std::exception_ptr error, bool cancelled);
+
+    // ---- both ----
+    void open_stream(const StreamOptions& options);
+    void cancel(Deadline deadline);
+    /// Closes the rings, detaches/releases carves and unregisters. Idempotent.
+    void finish();
+
+    // ---- stream (one sender, one receiver thread) ----
+    SendStatus try_send(PayloadView message, bool raise);
+    /// Blocks while `deadline` allows; nullopt on timeout.
+    std::optional<Message> receive(Deadline deadline, bool raise);
+    RecvStatus try_receive(Message& out) noexcept;
+    void close_stream();
+    bool stream_closed() const;
+    std::size_t max_message_bytes() const noexcept;
+
+    // ---- accessors (any thread) ----
+    bool cancel_called() const noexcept { return cancel_called_.load(std::memory_order::acquire); }
+    bool cancel_acked() const;
+    std::optional<Uid> canceller() const;
+    std::exception_ptr remote_error() const;
+    std::exception_ptr local_error() const;
+    std::exception_ptr maybe_error() const;
+    const RemoteActorError* remote_error_info() const;
+    Outcome outcome() const;
+    bool has_outcome() const;
+    State state() const;
+    void set_local_error(std::exception_ptr e);
+    /// A public handle onto `state`.
+    static Context handle(std::shared_ptr<ContextState> state) noexcept;
+
+private:
+    using Lock = std::unique_lock<std::mutex>;
+    enum class Poll : std::uint8_t { message, error, closed, ended, empty };
+    /// One non-blocking look at the inbound stream (receiver thread): releases the record
+    /// held since the last call, then a message, the recorded error, or the end.
+    Poll poll_locked_out(Message& out, std::exception_ptr& error);
+    void notify() noexcept;
+    bool is_self_cancelled_locked(const std::exception_ptr& e) const;
+    bool any_final_locked() const noexcept;
+    /// Rethrows the remote error unless absorbed (raise-or-absorb, spec §3.3); returns true
+    /// when there is one and it was absorbed.
+    bool maybe_raise_locked(Lock& lock, bool raise_self_cancel);
+    std::exception_ptr transport_error_locked() const;
+    void ensure_out_ring();
+    void post_scope_cancel(std::optional<Uid> canceller, std::string reason);
+    /// The end of our inbound data as far as known (Stop/Return data_seq), or nullopt.
+    std::optional<std::uint64_t> end_seq_locked() const noexcept;
+    bool ship(const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode);
+
+    std::shared_ptr<ActorCore> core_;
+    std::shared_ptr<Link> link_;
+    const Side side_;
+    const Cid cid_;
+    const std::string fn_;
+    const wire::ContextSettings own_;
+    CancelScope scope_;
+
+    mutable std::mutex mu_;
+    std::condition_variable_any cv_;
+    // All below guarded by mu_ unless atomic.
+    wire::ContextSettings peer_settings_;
+    bool start_acked_ = false;
+    bool started_ = false;  // parent: Started (or Return) received; child: started() called
+    std::optional<Payload> first_;
+    std::optional<Payload> result_;
+    std::optional<std::uint64_t> return_seq_;
+    std::optional<std::uint64_t> stop_seq_;  // the peer's Stop
+    std::exception_ptr remote_error_;
+    const RemoteActorError* remote_info_ = nullptr;
+    std::exception_ptr local_error_;
+    std::exception_ptr transport_error_;
+    std::optional<Uid> canceller_;
+    std::vector<std::uint64_t> pending_acks_;  // child: cancel requests to ack after the end
+    std::vector<std::uint64_t> acked_;         // parent: acks received
+    bool task_done_ = false;                   // child: terminal shipped
+    bool finished_ = false;
+    bool stream_opened_ = false;
+    bool stream_closed_ = false;      // our close (or the end of the context)
+    bool stop_sent_ = false;
+    std::optional<StreamOptions> stream_options_;
+    std::optional<shm::CarveDescriptor> in_desc_;
+    std::optional<shm::RingReader> in_;  // attached by the control loop; read by the receiver
+    std::atomic<bool> in_ready_{false};  // [ctx.in] in_ is set (release), receiver acquires
+    std::optional<shm::RingWriter> out_;  // sender thread only (after creation)
+    shm::CarveDescriptor out_desc_{};
+    bool holding_ = false;  // receiver holds a record (released at the next receive)
+    std::atomic<bool> cancel_called_{false};
+    std::atomic<std::uint32_t> blockers_{0};  // [ctx.blockers] "a sender must look under mu_"
+    std::atomic<bool> receiving_{false};
+    std::atomic<std::uint32_t> events_{0};
+    std::atomic<std::uint32_t> waiting_slot_{0};
+    shm::WakeCell idle_cell_{};  // the receiver waits here before the inbound ring exists
+};
+
+}  // namespace shmctx::detail

@@ -1,0 +1,188 @@
+#include "core/link.hpp"
+
+#include <utility>
+
+#include "shmctx/errors.hpp"
+#include "shmctx/shm/names.hpp"
+
+namespace shmctx::detail {
+
+namespace {
+
+/// Where the first carve of every link arena lands (our control ring): the peer computes it
+/// rather than reading it from anywhere it would have to trust.
+shm::CarveDescriptor control_descriptor() noexcept {
+    return {shm::kArenaCarveBase + shm::kCarveHeaderBytes,
+            shm::ring_region_bytes(kControlRingDataBytes), 1};
+}
+
+shm::Arena create_arena(const shm::Names& names, const LinkSettings& s, const Uuid& peer) {
+    return shm::Arena::create(names, s.self.uuid, peer, shm::ArenaOptions{s.arena_bytes, s.mode});
+}
+
+shm::RingWriter create_control_ring(shm::Arena& arena, const shm::WakeTable& peer_wakes) {
+    const shm::Carve carve = arena.carve(shm::ring_region_bytes(kControlRingDataBytes));
+    if (carve.descriptor != control_descriptor()) {
+        // Only a fresh arena's first carve can be the control ring.
+        throw ProtocolError("link arena '" + arena.name() +
+                            "': the control ring is not the first carve");
+    }
+    shm::RingParams params;
+    params.data_bytes = kControlRingDataBytes;
+    params.generation = carve.descriptor.generation;
+    // The control ring is bounded by bytes only: every control record is small and the
+    // consumer (a control loop) never holds one.
+    params.capacity_msgs = std::uint32_t{1} << 30;
+    params.allow_overruns = false;
+    return shm::RingWriter::create(carve.body, params, peer_wakes);
+}
+
+}  // namespace
+
+const char* to_string(LinkState s) noexcept {
+    switch (s) {
+        case LinkState::awaiting_peer:
+            return "awaiting-peer";
+        case LinkState::up:
+            return "up";
+        case LinkState::closed:
+            return "closed";
+        case LinkState::dead:
+            return "dead";
+        case LinkState::failed:
+            return "failed";
+    }
+    return "unknown";
+}
+
+Link::Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor peer,
+           Uid peer_uid)
+    : self_(settings.self),
+      peer_(std::move(peer)),
+      peer_uid_(std::move(peer_uid)),
+      peer_wakes_(peer_.segment().wake_table()),
+      arena_(create_arena(names, settings, peer_uid_.uuid)),
+      out_(create_control_ring(arena_, peer_wakes_)),
+      encoder_(settings.max_control_record_bytes) {
+    // LinkOpen is the first record; the ring is empty, so it fits.
+    const auto open = encoder_.link_open(wire::UidRef{settings.self.name, settings.self.uuid});
+    if (out_.try_write(kControlRecordKind, open) != shm::WriteResult::ok) {
+        throw ProtocolError("link to " + peer_uid_.to_string() + ": cannot write LinkOpen");
+    }
+}
+
+Link::~Link() = default;
+
+std::exception_ptr Link::failure() const {
+    const std::lock_guard lock(state_mu_);
+    return failure_;
+}
+
+bool Link::finish(LinkState final_state, std::exception_ptr why) {
+    {
+        const std::lock_guard lock(state_mu_);
+        const LinkState now = state_.load(std::memory_order::relaxed);  // under state_mu_
+        if (now == LinkState::closed || now == LinkState::dead || now == LinkState::failed) {
+            return false;
+        }
+        failure_ = std::move(why);
+        // [link.final] pairs with [link.final] in state(): failure_ is set before the state.
+        state_.store(final_state, std::memory_order::release);
+    }
+    {
+        const std::lock_guard lock(out_mu_);
+        out_broken_ = true;
+        outbox_.clear();
+    }
+    return true;
+}
+
+bool Link::attach_peer(const shm::Names& names) {
+    if (in_) return true;
+    std::optional<shm::ArenaView> view = shm::ArenaView::try_open(names, peer_uid_.uuid, self_.uuid);
+    if (!view) return false;
+    const shm::CarveDescriptor d = control_descriptor();
+    const std::span<std::byte> body = view->attach(d);
+    shm::RingReader reader =
+        shm::RingReader::attach(body, d.generation, peer_wakes_,
+                                shm::RingReaderOptions{kControlRecordKind});
+    // Our control loop is the only reader: every publish by the peer rings our doorbell.
+    reader.advertise_permanently(doorbell_slot_);
+    peer_arena_.emplace(std::move(*view));
+    in_.emplace(std::move(reader));
+    return true;
+}
+
+bool Link::flush() {
+    const std::lock_guard lock(out_mu_);
+    while (!outbox_.empty() && !out_broken_) {
+        const std::vector<std::byte>& record = outbox_.front();
+        const shm::WriteResult r = out_.try_write(kControlRecordKind, record);
+        if (r == shm::WriteResult::full_bytes || r == shm::WriteResult::full_msgs) {
+            // Wake us (slot 0) when the peer frees space; re-check once after advertising
+            // so that a release between the failed write and the advertisement is not lost.
+            out_.advertise_space_waiter(doorbell_slot_);
+            if (out_.try_write(kControlRecordKind, record) != shm::WriteResult::ok) return false;
+        } else if (r != shm::WriteResult::ok) {
+            out_broken_ = true;
+            return false;
+        }
+        outbox_.pop_front();
+    }
+    out_.advertise_space_waiter(std::nullopt);
+    return outbox_.empty();
+}
+
+bool Link::write_locked(std::span<const std::byte> record) {
+    if (out_broken_) return false;
+    if (outbox_.empty()) {
+        const shm::WriteResult r = out_.try_write(kControlRecordKind, record);
+        if (r == shm::WriteResult::ok) return true;
+        if (r != shm::WriteResult::full_bytes && r != shm::WriteResult::full_msgs) {
+            // too_large cannot happen (records are capped far below a quarter of the ring);
+            // protocol_error / consumer_closed: the peer broke or abandoned the ring.
+            out_broken_ = true;
+            return false;
+        }
+    }
+    // FIFO: behind whatever is queued already. The control loop flushes it.
+    outbox_.emplace_back(record.begin(), record.end());
+    outbox_total_.fetch_add(1, std::memory_order::relaxed);  // relaxed: a statistic
+    return true;
+}
+
+bool Link::send(const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode) {
+    bool queued = false;
+    {
+        const std::lock_guard lock(out_mu_);
+        if (out_broken_) return false;
+        const std::span<const std::byte> record = encode(encoder_);
+        if (!write_locked(record)) return false;
+        queued = !outbox_.empty();
+    }
+    // Something waits in the outbox: make sure the control loop looks at it.
+    if (queued && on_outbox_) on_outbox_();
+    return true;
+}
+
+shm::Carve Link::carve(std::size_t bytes) {
+    const std::lock_guard lock(arena_mu_);
+    (void)arena_.collect(state() == LinkState::dead);
+    return arena_.carve(bytes);
+}
+
+void Link::release(const shm::CarveDescriptor& descriptor) noexcept {
+    const std::lock_guard lock(arena_mu_);
+    try {
+        arena_.release(descriptor);
+    } catch (const std::exception&) {
+        // A descriptor we did not hand out: a bug of ours, never the peer's doing; keep going.
+    }
+}
+
+std::size_t Link::outbox_depth() const {
+    const std::lock_guard lock(out_mu_);
+    return outbox_.size();
+}
+
+}  // namespace shmctx::detail

@@ -1,0 +1,172 @@
+// A link: the two control rings and the two arenas between this actor and one peer
+// (DESIGN.md §3 "Link", docs/protocol.md §8). Private to core.
+//
+// Our side owns the arena `link.<me>.<peer>`; its first carve is our outbound control ring,
+// whose first record is LinkOpen. The peer's arena `link.<peer>.<me>` is attached by our
+// control loop once it appears (links_epoch); its first carve is our inbound control ring,
+// whose data cell permanently advertises our wake slot 0 (the control loop's doorbell), so
+// every control publish by the peer wakes our control loop.
+//
+// Producers of our control ring (any thread of ours) are serialised by `out_mu_`, a
+// process-local mutex never held across a wait. A full control ring never blocks anyone: the
+// record goes to the outbox (FIFO behind anything already there) and the control loop flushes
+// it when the peer frees space (it advertises slot 0 in the ring's space cell meanwhile).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shmctx/ids.hpp"
+#include "shmctx/shm/actor_file.hpp"
+#include "shmctx/shm/arena.hpp"
+#include "shmctx/shm/ring.hpp"
+#include "shmctx/shm/wake.hpp"
+#include "shmctx/wire/codec.hpp"
+
+namespace shmctx::detail {
+
+/// Data bytes of a control ring: a 16 KiB control record (the default cap) is a sixteenth.
+inline constexpr std::size_t kControlRingDataBytes = 256 * 1024;
+/// The ring record kind of control records (one kind: the FlatBuffer says the rest).
+inline constexpr std::uint16_t kControlRecordKind = 1;
+/// Ring record kinds of stream data: kDataKindBase + PayloadKind (so kinds 16..20).
+inline constexpr std::uint16_t kDataKindBase = 16;
+inline constexpr std::uint16_t kMaxDataKind = kDataKindBase + kMaxPayloadKind;
+
+enum class LinkState : std::uint8_t {
+    awaiting_peer,  ///< our arena is published; the peer's is not attached yet
+    up,             ///< both control rings attached, the peer's LinkOpen read
+    closed,         ///< LinkClose sent or received (orderly shutdown)
+    dead,           ///< the peer died (kernel evidence)
+    failed,         ///< version mismatch or a protocol error on this link
+};
+const char* to_string(LinkState s) noexcept;
+
+struct LinkSettings {
+    Uid self;
+    std::size_t arena_bytes = 0;
+    mode_t mode = 0600;
+    std::size_t max_control_record_bytes = wire::kDefaultMaxControlRecordBytes;
+};
+
+/// Thread-safety: send*/carve/release/state observers from any thread; attach_peer(),
+/// read_control() and flush() from the control loop only.
+class Link {
+public:
+    /// Publishes our arena with our control ring and writes LinkOpen into it. Throws what
+    /// Arena::create throws (ShmExhausted, SystemError).
+    Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor peer,
+         Uid peer_uid);
+    Link(const Link&) = delete;
+    Link& operator=(const Link&) = delete;
+    ~Link();
+
+    const Uid& peer() const noexcept { return peer_uid_; }
+    const shm::PeerActor& peer_actor() const noexcept { return peer_; }
+    /// The peer's wake table as mapped here (for rings whose other end waits in the peer).
+    const shm::WakeTable& peer_wakes() const noexcept { return peer_wakes_; }
+
+    LinkState state() const noexcept { return state_.load(std::memory_order::acquire); }
+    /// Why the link is not up (failed/closed/dead), else nullptr. Stable once set.
+    std::exception_ptr failure() const;
+    /// Moves the link to a final state with `why` (first call wins); false if already final.
+    bool finish(LinkState final_state, std::exception_ptr why);
+
+    // ---- control loop only ----
+    /// Attaches the peer's arena and control ring if it exists; true once attached. Throws
+    /// LayoutError (versions) or ProtocolError (a corrupt arena).
+    bool attach_peer(const shm::Names& names);
+    bool peer_attached() const noexcept { return in_.has_value(); }
+    /// Calls `fn(view)` for each control record available now (at most `max`), in order.
+    /// A record that fails to decode throws DecodeError; a corrupt ring throws ProtocolError.
+    template <class Fn>
+    std::size_t read_control(Fn&& fn, std::size_t max);
+    /// Writes outbox records while the ring has room; true when the outbox is empty.
+    bool flush();
+    void mark_up() noexcept { state_.store(LinkState::up, std::memory_order::release); }
+    /// The peer's arena (attached), for data-ring attach/detach.
+    const shm::ArenaView* peer_arena() const noexcept {
+        return peer_arena_ ? &*peer_arena_ : nullptr;
+    }
+
+    // ---- any thread ----
+    /// Encodes with the link's encoder and writes the record (or queues it in the outbox);
+    /// false when the link is no longer usable (the record was not sent).
+    bool send(const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode);
+    /// Carves a data ring region from our arena (thread-safe); collects detached carves first.
+    shm::Carve carve(std::size_t bytes);
+    /// Gives a data-ring carve back (reused once the peer detached it, or the peer is dead).
+    void release(const shm::CarveDescriptor& descriptor) noexcept;
+    /// Records queued in the outbox now / ever.
+    std::size_t outbox_depth() const;
+    std::uint64_t outbox_total() const noexcept {
+        return outbox_total_.load(std::memory_order::relaxed);
+    }
+    /// Called (outside the link's locks) when a send had to queue in the outbox; ActorCore
+    /// rings its control loop's doorbell. Set before the link is shared.
+    void set_on_outbox(std::function<void()> fn) { on_outbox_ = std::move(fn); }
+
+private:
+    /// Under out_mu_: writes one record or queues it; returns false when the ring is broken.
+    bool write_locked(std::span<const std::byte> record);
+
+    Uid self_;
+    shm::PeerActor peer_;
+    Uid peer_uid_;
+    shm::WakeTable peer_wakes_;
+    /// Our wake-table slot the control loop waits on (its doorbell), advertised in the inbound
+    /// control ring's data cell and, while the outbox is not empty, the outbound's space cell.
+    static constexpr std::uint32_t doorbell_slot_ = 0;
+    std::function<void()> on_outbox_;
+
+    std::atomic<LinkState> state_{LinkState::awaiting_peer};
+    mutable std::mutex state_mu_;  // guards failure_
+    std::exception_ptr failure_;
+
+    std::mutex arena_mu_;  // guards arena_ (carve, release, collect)
+    shm::Arena arena_;
+
+    mutable std::mutex out_mu_;  // serialises our control ring's producers
+    shm::RingWriter out_;
+    wire::ControlEncoder encoder_;
+    std::deque<std::vector<std::byte>> outbox_;
+    bool out_broken_ = false;
+    std::atomic<std::uint64_t> outbox_total_{0};
+
+    std::optional<shm::ArenaView> peer_arena_;  // control loop only
+    std::optional<shm::RingReader> in_;         // control loop only
+};
+
+template <class Fn>
+std::size_t Link::read_control(Fn&& fn, std::size_t max) {
+    if (!in_) return 0;
+    std::size_t n = 0;
+    while (n < max) {
+        shm::RecordView record;
+        const shm::ReadResult r = in_->try_read(record);
+        if (r == shm::ReadResult::empty) break;
+        if (r != shm::ReadResult::ok) {
+            throw ProtocolError("control ring from " + peer_uid_.to_string() + ": " +
+                                std::string(in_->error_text()));
+        }
+        ++n;
+        // Release even when fn throws: a record is looked at once.
+        struct Release {
+            shm::RingReader& ring;
+            ~Release() { ring.release(); }
+        } release{*in_};
+        fn(wire::decode_control(record.payload));
+    }
+    return n;
+}
+
+}  // namespace shmctx::detail
