@@ -255,7 +255,7 @@ void ActorCore::scan_links() {
         if (!Uuid::parse_hex(std::string_view(entry).substr(0, 32), owner)) continue;
         {
             const std::lock_guard lock(mu_);
-            if (shutting_down_ || links_.count(owner) != 0) continue;
+            if (shutting_down_ || links_.count(owner) != 0 || gone_.count(owner) != 0) continue;
         }
         // Its name: the published segment that says it is `owner`. A scan, but only when a
         // new link appears.
@@ -291,6 +291,7 @@ void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
         const std::lock_guard lock(mu_);
         const auto it = links_.find(link->peer().uuid);
         if (it != links_.end() && it->second == link) links_.erase(it);
+        gone_[link->peer().uuid] = state;
         for (auto& [key, ctx] : contexts_) {
             if (key.peer == link->peer().uuid) affected.push_back(ctx);
         }

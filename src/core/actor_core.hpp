@@ -144,6 +144,9 @@ private:
     std::condition_variable links_cv_;  // link state changes (connect waits on it)
 
     std::unordered_map<std::uint64_t, std::weak_ptr<ContextState>> requests_;  // guarded by mu_
+    /// Peers whose link ended (closed, dead, failed): their arenas are never linked again
+    /// (uuids are never reused). Guarded by mu_.
+    std::unordered_map<Uuid, LinkState> gone_;
     std::mutex link_create_mu_;  // one link creation at a time (connect vs. the control loop)
     std::atomic<std::uint64_t> next_seq_{0};
     std::atomic<std::uint64_t> next_request_{0};
