@@ -76,6 +76,11 @@ struct ActorOptions {
     std::size_t max_control_record_bytes = 16 * 1024;
     /// Liveness heartbeat period; a peer whose heartbeat is older than `unresponsive_after` is
     /// reported unresponsive (never dead: death needs kernel evidence).
+    /// After activity, the control loop, idle endpoint threads and threads waiting on a
+    /// context watch for the next event this long (yielding the CPU) before they sleep on a
+    /// futex: a back-to-back exchange then never pays a wake-up (tens of microseconds on a
+    /// VM). An idle actor still uses no CPU. Zero: sleep at once.
+    Duration spin_before_sleep = std::chrono::microseconds(50);
     Duration heartbeat_interval = std::chrono::milliseconds(100);
     Duration unresponsive_after = std::chrono::seconds(2);
 };
@@ -128,9 +133,8 @@ public:
         using R = std::invoke_result_t<Body&, Context&, const Payload&>;
         ContextResult<R> out;
         if constexpr (std::is_void_v<R>) {
-            out.outcome = run_context(fn, args, options, [&](Context& ctx, const Payload& first) {
-                body(ctx, first);
-            });
+            out.outcome = run_context(
+                fn, args, options, [&](Context& ctx, const Payload& first) { body(ctx, first); });
         } else {
             out.outcome = run_context(fn, args, options, [&](Context& ctx, const Payload& first) {
                 out.value.emplace(body(ctx, first));

@@ -91,7 +91,7 @@ struct StreamOptions {
 };
 
 /// What try_send did. Never an exception; `send` turns the failures into errors.
-enum class [[nodiscard]] SendStatus : std::uint8_t {
+enum class [[nodiscard]] SendStatus : std::uint8_t{
     ok,            ///< written to the peer's inbound ring
     full,          ///< the ring is full and the receiver does not allow overruns
     peer_stopped,  ///< the peer closed its side (Stop or consumer_closed): EndOfChannel
@@ -103,7 +103,7 @@ enum class [[nodiscard]] SendStatus : std::uint8_t {
 std::string_view to_string(SendStatus s) noexcept;
 
 /// What try_receive did.
-enum class [[nodiscard]] RecvStatus : std::uint8_t {
+enum class [[nodiscard]] RecvStatus : std::uint8_t{
     ok,              ///< a message was returned
     empty,           ///< nothing yet
     end_of_channel,  ///< the stream ended: no more messages will come

@@ -30,10 +30,12 @@ shm::LocalActorOptions record_options(const ActorOptions& o) {
     return r;
 }
 
-EndpointPoolOptions pool_options(const ActorOptions& o) {
+EndpointPoolOptions pool_options(const ActorOptions& o, ActorCore* core) {
     EndpointPoolOptions p;
+    p.on_idle_poll = [core] { return core->help_poll(); };
     p.max_threads = o.max_endpoints == 0 ? 1 : o.max_endpoints;
     p.idle_timeout = o.endpoint_idle_timeout;
+    p.spin_before_sleep = o.spin_before_sleep;
     p.name = "shmctx-endpoint";
     return p;
 }
@@ -48,7 +50,7 @@ ActorCore::ActorCore(std::string name, ActorOptions options)
       wake_table_(record_.segment().wake_table()),
       slots_(wake_table_.capacity()),
       canceller_({}, "shmctx-cancel"),
-      pool_(pool_options(options_)) {
+      pool_(pool_options(options_, this)) {
     const auto doorbell = slots_.allocate();
     if (!doorbell || *doorbell != 0) {
         throw SystemError("wake slot 0 (the control loop's doorbell) is not free");
@@ -93,9 +95,9 @@ void ActorCore::shutdown() {
             return enc.link_close(wire::fb::LinkCloseReason::shutdown, "actor shut down");
         });
         link_lost(link, LinkState::closed,
-                  std::make_exception_ptr(TransportClosed(
-                      "actor " + uid_.to_string() + " shut down its link to " +
-                      link->peer().to_string())));
+                  std::make_exception_ptr(TransportClosed("actor " + uid_.to_string() +
+                                                          " shut down its link to " +
+                                                          link->peer().to_string())));
     }
     // 3. The control loop flushes what is queued, then stops.
     stop_.store(true, std::memory_order::release);  // [core.stop] pairs with control_loop()
@@ -130,8 +132,7 @@ void ActorCore::register_context(const std::shared_ptr<ContextState>& ctx) {
     if (shutting_down_) {
         throw TransportClosed("actor " + uid_.to_string() + " is shutting down");
     }
-    const auto [it, inserted] =
-        contexts_.emplace(ContextKey{ctx->peer().uuid, ctx->cid()}, ctx);
+    const auto [it, inserted] = contexts_.emplace(ContextKey{ctx->peer().uuid, ctx->cid()}, ctx);
     if (!inserted) {
         throw ProtocolError("context " + ctx->cid().to_string() + " with " +
                             ctx->peer().to_string() + " exists already");
@@ -228,13 +229,12 @@ std::shared_ptr<LinkHandle> ActorCore::connect(std::string_view peer_name, Deadl
     }
     wake_control_loop();  // attach the peer's arena if it exists already
     std::unique_lock lock(mu_);
-    const bool settled = links_cv_.wait_until(lock, deadline.at(), [&] {
-        return link->state() != LinkState::awaiting_peer;
-    });
+    const bool settled = links_cv_.wait_until(
+        lock, deadline.at(), [&] { return link->state() != LinkState::awaiting_peer; });
     lock.unlock();
     if (!settled) {
-        throw ActorNotFound("actor '" + std::string(peer_name) + "' in namespace '" +
-                            names_.ns() + "' did not answer the link in time");
+        throw ActorNotFound("actor '" + std::string(peer_name) + "' in namespace '" + names_.ns() +
+                            "' did not answer the link in time");
     }
     if (link->state() != LinkState::up) {
         if (auto e = link->failure()) std::rethrow_exception(e);
@@ -310,10 +310,32 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
         if (it != links_.end()) link = it->second;
     }
     if (!link) return;
-    link_lost(link, LinkState::dead,
-              std::make_exception_ptr(PeerDied(
-                  "actor " + link->peer().to_string() + " (pid " +
-                  std::to_string(link->peer_actor().pid()) + ") died")));
+    link_lost(
+        link, LinkState::dead,
+        std::make_exception_ptr(PeerDied("actor " + link->peer().to_string() + " (pid " +
+                                         std::to_string(link->peer_actor().pid()) + ") died")));
+}
+
+bool ActorCore::help_poll() noexcept {
+    std::vector<std::shared_ptr<Link>> links;
+    {
+        const std::lock_guard lock(mu_);
+        if (shutting_down_) return false;
+        links.reserve(links_.size());
+        for (auto& [uuid, link] : links_) links.push_back(link);
+    }
+    bool worked = false;
+    for (auto& link : links) {
+        try {
+            worked = link->read_control([&](const wire::ControlView& msg) { dispatch(link, msg); },
+                                        kRecordsPerPass, /*wait_for_lock=*/false) != 0 ||
+                     worked;
+        } catch (...) {
+            link_error(link, std::current_exception());
+            worked = true;
+        }
+    }
+    return worked;
 }
 
 // ---- control loop ----
@@ -324,57 +346,104 @@ void ActorCore::control_loop() noexcept {
     for (;;) {
         // [wake.observe]: read before the pass, so a ring during the pass ends the wait.
         const std::uint32_t seen = bell.counter.load(std::memory_order::acquire);
+        bool worked = false;
         try {
-            pass();
+            worked = pass();
         } catch (...) {
             report_to_stderr("control loop", std::current_exception());
         }
         // [core.stop] pairs with shutdown(): everything queued before it was flushed above.
         if (stop_.load(std::memory_order::acquire)) break;
-        (void)shm::futex_wait(bell.counter, seen, Duration::max());
+        std::vector<std::shared_ptr<Link>> links;
+        {
+            const std::lock_guard lock(mu_);
+            links.reserve(links_.size());
+            for (auto& [uuid, link] : links_) links.push_back(link);
+        }
+        const auto pending = [&] {
+            // [wake.observe] (acquire): what a ringer published before is visible after.
+            if (bell.counter.load(std::memory_order::acquire) != seen) return true;
+            for (auto& link : links) {
+                if (link->control_readable()) return true;
+            }
+            return false;
+        };
+        if (worked && options_.spin_before_sleep > Duration::zero()) {
+            // After activity, watch the rings and the doorbell a little before sleeping: the
+            // next record of an exchange usually follows within microseconds (ActorOptions).
+            // Producers do not ring us meanwhile (we have not advertised), so look at the
+            // rings themselves.
+            const auto until = Clock::now() + options_.spin_before_sleep;
+            while (!pending() && Clock::now() < until) std::this_thread::yield();
+        }
+        if (pending()) continue;
+        // Advertise the doorbell in every inbound control ring, then look once more: a
+        // record published before a producer could see the advertisement is found here, one
+        // published after it rings the bell ([wake.storeload] on both sides).
+        for (auto& link : links) link->advertise_doorbell(true);
+        if (!pending()) (void)shm::futex_wait(bell.counter, seen, Duration::max());
+        for (auto& link : links) link->advertise_doorbell(false);
     }
 }
 
-void ActorCore::pass() {
+bool ActorCore::pass() {
     std::vector<std::function<void()>> posted;
     std::vector<std::shared_ptr<Link>> links;
     {
         const std::lock_guard lock(mu_);
         posted.swap(posted_);
     }
+    bool worked = !posted.empty();
     for (auto& fn : posted) fn();
     // [link.epoch] pairs with [link.epoch] in make_link(): a peer's arena exists before.
-    const std::uint64_t epoch =
-        record_.segment().links_epoch().load(std::memory_order::acquire);
+    const std::uint64_t epoch = record_.segment().links_epoch().load(std::memory_order::acquire);
     if (epoch != seen_epoch_) {
         seen_epoch_ = epoch;
         scan_links();
+        worked = true;
     }
     {
         const std::lock_guard lock(mu_);
         links.reserve(links_.size());
         for (auto& [uuid, link] : links_) links.push_back(link);
     }
-    for (auto& link : links) service_link(link);
+    for (auto& link : links) worked = service_link(link) || worked;
+    return worked;
 }
 
-void ActorCore::service_link(const std::shared_ptr<Link>& link) {
+bool ActorCore::service_link(const std::shared_ptr<Link>& link) {
     try {
         if (!link->peer_attached() && !link->attach_peer(names_)) {
             (void)link->flush();
-            return;
+            return false;
         }
         const std::size_t n = link->read_control(
             [&](const wire::ControlView& msg) { dispatch(link, msg); }, kRecordsPerPass);
         if (n == kRecordsPerPass) wake_control_loop();  // more to read: come back next pass
         (void)link->flush();
+        return n != 0;
+    } catch (...) {
+        link_error(link, std::current_exception());
+        return true;
+    }
+}
+
+void ActorCore::link_error(const std::shared_ptr<Link>& link, std::exception_ptr error) noexcept {
+    try {
+        std::rethrow_exception(error);
     } catch (const LayoutError&) {
-        link_lost(link, LinkState::failed, std::current_exception());
-    } catch (const Error& e) {
+        link_lost(link, LinkState::failed, error);
+    } catch (const std::exception& e) {
         // A corrupt record or ring fails this link only (DESIGN.md §2 trust boundary).
-        link_lost(link, LinkState::failed,
-                  std::make_exception_ptr(ProtocolError(
-                      "link to " + link->peer().to_string() + " failed: " + e.what())));
+        try {
+            link_lost(link, LinkState::failed,
+                      std::make_exception_ptr(ProtocolError("link to " + link->peer().to_string() +
+                                                            " failed: " + e.what())));
+        } catch (...) {
+            report_to_stderr("failing a link", std::current_exception());
+        }
+    } catch (...) {
+        report_to_stderr("reading a control ring", std::current_exception());
     }
 }
 
@@ -466,19 +535,19 @@ void ActorCore::on_link_open(const std::shared_ptr<Link>& link, const wire::fb::
             return enc.link_close(wire::fb::LinkCloseReason::version_mismatch, "");
         });
         link_lost(link, LinkState::failed,
-                  std::make_exception_ptr(LayoutError(
-                      "actor " + link->peer().to_string() + " speaks layout version " +
-                      std::to_string(open.layout_version()) + ", protocol version " +
-                      std::to_string(open.protocol_version()) + "; ours are " +
-                      std::to_string(shm::kLayoutVersion) + " and " +
-                      std::to_string(shm::kProtocolVersion))));
+                  std::make_exception_ptr(
+                      LayoutError("actor " + link->peer().to_string() + " speaks layout version " +
+                                  std::to_string(open.layout_version()) + ", protocol version " +
+                                  std::to_string(open.protocol_version()) + "; ours are " +
+                                  std::to_string(shm::kLayoutVersion) + " and " +
+                                  std::to_string(shm::kProtocolVersion))));
         return;
     }
     if (sender.uuid != link->peer().uuid) {
-        link_lost(link, LinkState::failed,
-                  std::make_exception_ptr(ProtocolError(
-                      "link to " + link->peer().to_string() + ": LinkOpen names " +
-                      sender.uuid.to_hex())));
+        link_lost(
+            link, LinkState::failed,
+            std::make_exception_ptr(ProtocolError("link to " + link->peer().to_string() +
+                                                  ": LinkOpen names " + sender.uuid.to_hex())));
         return;
     }
     link->mark_up();
@@ -507,9 +576,8 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
         if (it != endpoints_.end()) exposed = it->second;
     }
     if (!exposed) {
-        ship_error(std::make_exception_ptr(NotExposed("function '" + fn +
-                                                      "' is not exposed by actor " +
-                                                      uid_.to_string())));
+        ship_error(std::make_exception_ptr(
+            NotExposed("function '" + fn + "' is not exposed by actor " + uid_.to_string())));
         return;
     }
     wire::ContextSettings own;
@@ -528,16 +596,16 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
     (void)link->send([&](wire::ControlEncoder& enc) { return enc.start_ack(cid, own); });
     Payload args = Payload::copy(wire::from_fb(start.args()));
     SubmitRefusal why{};
-    const bool submitted = pool_.try_submit(
-        [self = shared_from_this(), ctx, endpoint = std::move(exposed->endpoint),
-         args = std::move(args)] { self->run_endpoint(ctx, endpoint, args); },
-        &why);
+    const bool submitted =
+        pool_.try_submit([self = shared_from_this(), ctx, endpoint = std::move(exposed->endpoint),
+                          args = std::move(args)] { self->run_endpoint(ctx, endpoint, args); },
+                         &why);
     if (!submitted) {
         unregister_context(*ctx);
         if (why == SubmitRefusal::at_capacity) {
-            ship_error(std::make_exception_ptr(TooManyContexts(
-                "actor " + uid_.to_string() + " runs max_endpoints=" +
-                std::to_string(options_.max_endpoints) + " endpoints already")));
+            ship_error(std::make_exception_ptr(
+                TooManyContexts("actor " + uid_.to_string() + " runs max_endpoints=" +
+                                std::to_string(options_.max_endpoints) + " endpoints already")));
         } else {
             ship_error(std::make_exception_ptr(TransportClosed(
                 "actor " + uid_.to_string() + " cannot run '" + fn + "': " + to_string(why))));

@@ -98,6 +98,10 @@ public:
     std::size_t link_count() const;
     std::size_t endpoint_threads() const { return pool_.threads(); }
 
+    /// Reads and dispatches what the inbound control rings hold now, from any thread that
+    /// waits for a context event or a task (leader/follower: it saves the hop through the
+    /// control loop). Skips a ring another thread is reading. True if it dispatched anything.
+    bool help_poll() noexcept;
     /// Rings the control loop's doorbell (slot 0).
     void wake_control_loop() noexcept;
     /// Runs `fn` on the control loop at its next pass.
@@ -110,14 +114,17 @@ private:
     };
 
     void control_loop() noexcept;
-    void pass();
+    /// One pass; true if it did anything (then the loop watches a little before sleeping).
+    bool pass();
     void scan_links();
-    void service_link(const std::shared_ptr<Link>& link);
+    bool service_link(const std::shared_ptr<Link>& link);
     void dispatch(const std::shared_ptr<Link>& link, const wire::ControlView& msg);
     void on_start(const std::shared_ptr<Link>& link, const wire::fb::Start& start);
     void on_cancel_request(const std::shared_ptr<Link>& link, const wire::fb::CancelRequest& req);
     void on_link_open(const std::shared_ptr<Link>& link, const wire::fb::LinkOpen& open);
     void link_lost(const std::shared_ptr<Link>& link, LinkState state, std::exception_ptr why);
+    /// A control ring or record of `link` failed validation: fails that link only.
+    void link_error(const std::shared_ptr<Link>& link, std::exception_ptr error) noexcept;
     void on_liveness(const Uuid& peer, shm::LivenessEvent event);
     std::shared_ptr<Link> make_link(shm::PeerActor peer, Uid peer_uid);
     std::shared_ptr<ContextState> find_context(const Uuid& peer, const Cid& cid) const;

@@ -80,9 +80,7 @@ const Payload& Outcome::value() const {
     return *value_;
 }
 
-void Message::throw_not_flatbuffer() {
-    throw DecodeError("message is not a FlatBuffer payload");
-}
+void Message::throw_not_flatbuffer() { throw DecodeError("message is not a FlatBuffer payload"); }
 
 // ---- Actor ----
 
@@ -127,9 +125,9 @@ std::shared_ptr<detail::ContextState> open_parent(const std::shared_ptr<detail::
     own.msg_buffer_size =
         options.msg_buffer_size != 0 ? options.msg_buffer_size : core->options().msg_buffer_size;
     own.allow_overruns = options.allow_overruns;
-    auto st = std::make_shared<detail::ContextState>(
-        core, handle.link, Side::parent, core->next_cid(), std::string(fn), own,
-        detail::current_scope(), &core->root_scope());
+    auto st = std::make_shared<detail::ContextState>(core, handle.link, Side::parent,
+                                                     core->next_cid(), std::string(fn), own,
+                                                     detail::current_scope(), &core->root_scope());
     core->register_context(st);
     try {
         st->send_start(args);
@@ -217,9 +215,7 @@ std::optional<Uid> Context::canceller() const { return state_->canceller(); }
 std::exception_ptr Context::remote_error() const { return state_->remote_error(); }
 std::exception_ptr Context::local_error() const { return state_->local_error(); }
 std::exception_ptr Context::maybe_error() const { return state_->maybe_error(); }
-const RemoteActorError* Context::remote_error_info() const {
-    return state_->remote_error_info();
-}
+const RemoteActorError* Context::remote_error_info() const { return state_->remote_error_info(); }
 Outcome Context::outcome() const { return state_->outcome(); }
 bool Context::has_outcome() const { return state_->has_outcome(); }
 State Context::state() const { return state_->state(); }

@@ -1,6 +1,7 @@
 #include "core/context_state.hpp"
 
 #include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "core/actor_core.hpp"
@@ -99,10 +100,10 @@ void ContextState::notify() noexcept {
 void ContextState::post_scope_cancel(std::optional<Uid> canceller, std::string reason) {
     // CancelScope::cancel runs stop-callbacks: never on the control loop (DESIGN.md §4.6).
     auto self = shared_from_this();
-    if (!core_->canceller().post([self, canceller = std::move(canceller),
-                                  reason = std::move(reason)]() mutable {
-            self->scope_.cancel(std::move(canceller), std::move(reason));
-        })) {
+    if (!core_->canceller().post(
+            [self, canceller = std::move(canceller), reason = std::move(reason)]() mutable {
+                self->scope_.cancel(std::move(canceller), std::move(reason));
+            })) {
         // The canceller thread is stopping: the actor shuts down and cancels its root scope,
         // which encloses this one.
     }
@@ -111,6 +112,29 @@ void ContextState::post_scope_cancel(std::optional<Uid> canceller, std::string r
 bool ContextState::ship(
     const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode) {
     return link_->send(encode);
+}
+
+template <class Pred>
+bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& stop,
+                               Deadline deadline) {
+    if (pred()) return true;
+    const Duration spin = core_->options().spin_before_sleep;
+    if (spin > Duration::zero()) {
+        // [ctx.event] read under the mutex: a later record bumps it after changing the state.
+        const std::uint32_t seen = events_.load(std::memory_order::acquire);
+        lock.unlock();
+        const Clock::time_point until = std::min(Clock::now() + spin, deadline.at());
+        while (events_.load(std::memory_order::acquire) == seen && Clock::now() < until &&
+               !stop.stop_requested()) {
+            // Read the control rings ourselves meanwhile (leader/follower): our own records
+            // then need no hop through the control loop.
+            if (!core_->help_poll()) std::this_thread::yield();
+        }
+        lock.lock();
+        if (pred()) return true;
+    }
+    if (deadline.is_infinite()) return cv_.wait(lock, stop, pred);
+    return cv_.wait_until(lock, stop, deadline.at(), pred);
 }
 
 // ---- control loop ----
@@ -193,8 +217,7 @@ void ContextState::on_stream_open(const shm::CarveDescriptor& descriptor) {
         Lock lock(mu_);
         if (!in_ && !finished_) {
             const std::span<std::byte> region = arena->attach(descriptor);  // ProtocolError
-            in_.emplace(shm::RingReader::attach(region, descriptor.generation,
-                                                link_->peer_wakes(),
+            in_.emplace(shm::RingReader::attach(region, descriptor.generation, link_->peer_wakes(),
                                                 shm::RingReaderOptions{kMaxDataKind}));
             in_desc_ = descriptor;
             if (stream_options_) {
@@ -282,9 +305,9 @@ void ContextState::send_start(PayloadView args) {
 Payload ContextState::await_started() {
     Lock lock(mu_);
     const std::stop_token stop = current_stop_token();
-    const bool ready = cv_.wait(lock, stop, [&] {
-        return started_ || remote_error_ != nullptr || transport_error_ != nullptr;
-    });
+    const bool ready = wait_locked(
+        lock, [&] { return started_ || remote_error_ != nullptr || transport_error_ != nullptr; },
+        stop, Deadline::never());
     if (!ready) {
         lock.unlock();
         throw_cancelled();
@@ -302,12 +325,7 @@ Payload ContextState::run_result(Deadline deadline) {
     const auto done = [&] {
         return result_.has_value() || remote_error_ != nullptr || transport_error_ != nullptr;
     };
-    bool ready = false;
-    if (deadline.is_infinite()) {
-        ready = cv_.wait(lock, stop, done);
-    } else {
-        ready = cv_.wait_until(lock, stop, deadline.at(), done);
-    }
+    const bool ready = wait_locked(lock, done, stop, deadline);
     if (!ready) {
         lock.unlock();
         if (stop.stop_requested()) throw_cancelled();
@@ -327,9 +345,12 @@ Outcome ContextState::wait_for_result() {
     }
     Lock lock(mu_);
     const std::stop_token stop = current_stop_token();
-    const bool ready = cv_.wait(lock, stop, [&] {
-        return result_.has_value() || remote_error_ != nullptr || transport_error_ != nullptr;
-    });
+    const bool ready = wait_locked(
+        lock,
+        [&] {
+            return result_.has_value() || remote_error_ != nullptr || transport_error_ != nullptr;
+        },
+        stop, Deadline::never());
     if (!ready) {
         // Cancelled from outside while waiting: a recorded remote error wins (spec §2.5).
         lock.unlock();
@@ -455,8 +476,8 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
         if (error) {
             // spec §2.2 step 6: a recorded remote error (not our own cancel's ack) replaces it.
             local_error_ = error;
-            ship_error = remote_error_ && !is_self_cancelled_locked(remote_error_) ? remote_error_
-                                                                                   : error;
+            ship_error =
+                remote_error_ && !is_self_cancelled_locked(remote_error_) ? remote_error_ : error;
         } else if (cancelled) {
             if (remote_error_) {
                 ship_error = remote_error_;
@@ -483,10 +504,10 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
             const std::span<const std::byte> rec = enc.return_value(cid_, data_seq, v);
             if (rec.size() <= enc.max_record_bytes()) return rec;
             // Too big for one control record: the parent gets PayloadTooLarge instead.
-            too_large.emplace(box(std::make_exception_ptr(PayloadTooLarge(
-                                      "Return value of endpoint '" + fn_ + "'", rec.size(),
-                                      enc.max_record_bytes())),
-                                  self(), cid_, fn_));
+            too_large.emplace(box(
+                std::make_exception_ptr(PayloadTooLarge("Return value of endpoint '" + fn_ + "'",
+                                                        rec.size(), enc.max_record_bytes())),
+                self(), cid_, fn_));
             return enc.error(too_large->fields(data_seq));
         });
     }
@@ -562,11 +583,7 @@ void ContextState::cancel(Deadline deadline) {
         return std::find(acked_.begin(), acked_.end(), request_id) != acked_.end() ||
                transport_error_ != nullptr;
     };
-    if (deadline.is_infinite()) {
-        cv_.wait(lock, acked);
-    } else {
-        (void)cv_.wait_until(lock, deadline.at(), acked);
-    }
+    (void)wait_locked(lock, acked, std::stop_token{}, deadline);
     core_->forget_request(request_id);
 }
 
@@ -624,9 +641,8 @@ void ContextState::ensure_out_ring() {
     out_desc_ = carve.descriptor;
     // Announced before the first record (DESIGN.md §3 "Data rings").
     const bool sent = ship([&](wire::ControlEncoder& enc) {
-        return enc.stream_open(wire::StreamOpenFields{cid_, carve.descriptor.offset,
-                                                      carve.descriptor.bytes,
-                                                      carve.descriptor.generation});
+        return enc.stream_open(wire::StreamOpenFields{
+            cid_, carve.descriptor.offset, carve.descriptor.bytes, carve.descriptor.generation});
     });
     if (!sent) {
         const Lock lock(mu_);
@@ -744,13 +760,14 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
                 return Poll::error;
             }
             holding_ = true;
-            out = Message(PayloadView(static_cast<PayloadKind>(record.kind - kDataKindBase),
-                                      record.payload));
+            out = Message(
+                PayloadView(static_cast<PayloadKind>(record.kind - kDataKindBase), record.payload));
             return Poll::message;
         }
         if (r == shm::ReadResult::protocol_error) {
-            error = std::make_exception_ptr(ProtocolError(
-                "data ring of context " + cid_.to_string() + ": " + std::string(in_->error_text())));
+            error =
+                std::make_exception_ptr(ProtocolError("data ring of context " + cid_.to_string() +
+                                                      ": " + std::string(in_->error_text())));
             return Poll::error;
         }
     }

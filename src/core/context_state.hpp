@@ -130,6 +130,10 @@ private:
     /// held since the last call, then a message, the recorded error, or the end.
     Poll poll_locked_out(Message& out, std::exception_ptr& error);
     void notify() noexcept;
+    /// Waits (mutex held on entry and exit) until `pred()`, `stop` or `deadline`; true iff
+    /// `pred()`. Watches events_ for ActorOptions::spin_before_sleep before it sleeps on cv_.
+    template <class Pred>
+    bool wait_locked(Lock& lock, Pred pred, const std::stop_token& stop, Deadline deadline);
     bool is_self_cancelled_locked(const std::exception_ptr& e) const;
     bool any_final_locked() const noexcept;
     /// Rethrows the remote error unless absorbed (raise-or-absorb, spec §3.3); returns true
@@ -170,12 +174,12 @@ private:
     bool task_done_ = false;                   // child: terminal shipped
     bool finished_ = false;
     bool stream_opened_ = false;
-    bool stream_closed_ = false;      // our close (or the end of the context)
+    bool stream_closed_ = false;  // our close (or the end of the context)
     bool stop_sent_ = false;
     std::optional<StreamOptions> stream_options_;
     std::optional<shm::CarveDescriptor> in_desc_;
-    std::optional<shm::RingReader> in_;  // attached by the control loop; read by the receiver
-    std::atomic<bool> in_ready_{false};  // [ctx.in] in_ is set (release), receiver acquires
+    std::optional<shm::RingReader> in_;   // attached by the control loop; read by the receiver
+    std::atomic<bool> in_ready_{false};   // [ctx.in] in_ is set (release), receiver acquires
     std::optional<shm::RingWriter> out_;  // sender thread only (after creation)
     shm::CarveDescriptor out_desc_{};
     bool holding_ = false;  // receiver holds a record (released at the next receive)

@@ -53,6 +53,8 @@ bool EndpointPool::try_submit(Task&& task, SubmitRefusal* why) {
     if (Worker* w = pop_newest_idle(); w != nullptr) {
         w->task = std::move(task);
         w->has_task = true;
+        // [pool.assign] pairs with [pool.assign] in run_worker(): a watching worker wakes.
+        w->assigned.store(true, std::memory_order::release);
         ++running_;
         counters_.peak_running = std::max(counters_.peak_running, running_);
         // Notified under the lock: once unlocked, the worker may run the task, idle out and
@@ -173,6 +175,21 @@ void EndpointPool::run_worker(Worker* w) noexcept {
             if (stopping_) break;
             w->idle_since = Clock::now();
             push_idle(w);
+            if (options_.spin_before_sleep > Duration::zero()) {
+                // Watch for the next task before sleeping (see EndpointPoolOptions). The
+                // worker stays on the idle list, so try_submit can hand it one meanwhile.
+                // relaxed: reset while we hold the lock and have no task.
+                w->assigned.store(false, std::memory_order::relaxed);
+                lock.unlock();
+                const auto until = Clock::now() + options_.spin_before_sleep;
+                // [pool.assign]: acquire pairs with the release in try_submit.
+                while (!w->assigned.load(std::memory_order::acquire) && Clock::now() < until) {
+                    if (!options_.on_idle_poll || !options_.on_idle_poll()) {
+                        std::this_thread::yield();
+                    }
+                }
+                lock.lock();
+            }
             continue;
         }
         if (stopping_) {

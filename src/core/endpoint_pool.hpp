@@ -18,6 +18,7 @@
 // are for the owner, never from a task of this pool (that would wait for itself: it aborts).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -39,6 +40,15 @@ struct EndpointPoolOptions {
     std::size_t max_threads = 1024;
     /// An idle thread retires after this long without a task.
     Duration idle_timeout = std::chrono::seconds(5);
+    /// After a task, a thread watches for the next one this long (yielding the CPU) before
+    /// it sleeps on its condition variable: back-to-back tasks then skip a futex wake-up,
+    /// which costs tens of microseconds on a VM. Zero: sleep at once.
+    Duration spin_before_sleep = std::chrono::microseconds(50);
+    /// Called repeatedly while a thread watches for its next task (never under the pool's
+    /// lock); returns whether it found work. The actor runtime reads its control rings here,
+    /// so a Start can reach an idle thread without a hop through the control loop. Empty: the
+    /// thread yields instead. Must not throw.
+    std::function<bool()> on_idle_poll;
     /// Thread name (at most 15 characters are kept).
     std::string name = "shmctx-endpoint";
     /// Receives exceptions escaping tasks and thread hooks (default: report_to_stderr).
@@ -102,7 +112,10 @@ private:
         std::condition_variable cv;  // a task was handed over, the handle is set, or stopping
         Task task;                   // guarded by mutex_; set by try_submit
         bool has_task = false;       // guarded by mutex_
-        bool handle_set = false;     // guarded by mutex_: `thread` holds this worker's thread
+        /// [pool.assign] set with has_task (release); read without the lock by a worker that
+        /// watches for its next task before sleeping.
+        std::atomic<bool> assigned{false};
+        bool handle_set = false;  // guarded by mutex_: `thread` holds this worker's thread
         Clock::time_point idle_since{};
         std::thread thread;  // guarded by mutex_; moved out by the worker when it retires
         std::list<Worker>::iterator self;

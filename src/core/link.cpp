@@ -55,8 +55,7 @@ const char* to_string(LinkState s) noexcept {
     return "unknown";
 }
 
-Link::Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor peer,
-           Uid peer_uid)
+Link::Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor peer, Uid peer_uid)
     : self_(settings.self),
       peer_(std::move(peer)),
       peer_uid_(std::move(peer_uid)),
@@ -98,18 +97,23 @@ bool Link::finish(LinkState final_state, std::exception_ptr why) {
 }
 
 bool Link::attach_peer(const shm::Names& names) {
-    if (in_) return true;
-    std::optional<shm::ArenaView> view = shm::ArenaView::try_open(names, peer_uid_.uuid, self_.uuid);
+    if (peer_attached()) return true;
+    std::optional<shm::ArenaView> view =
+        shm::ArenaView::try_open(names, peer_uid_.uuid, self_.uuid);
     if (!view) return false;
     const shm::CarveDescriptor d = control_descriptor();
     const std::span<std::byte> body = view->attach(d);
-    shm::RingReader reader =
-        shm::RingReader::attach(body, d.generation, peer_wakes_,
-                                shm::RingReaderOptions{kControlRecordKind});
-    // Our control loop is the only reader: every publish by the peer rings our doorbell.
-    reader.advertise_permanently(doorbell_slot_);
+    shm::RingReader reader = shm::RingReader::attach(body, d.generation, peer_wakes_,
+                                                     shm::RingReaderOptions{kControlRecordKind});
+    // Our control loop is the only reader; it advertises the doorbell while it sleeps.
+    reader.advertise_wake_slot(std::nullopt);
     peer_arena_.emplace(std::move(*view));
-    in_.emplace(std::move(reader));
+    {
+        const std::lock_guard lock(in_mu_);
+        in_.emplace(std::move(reader));
+    }
+    // [link.attach] pairs with [link.attach] in peer_attached().
+    attached_.store(true, std::memory_order::release);
     return true;
 }
 
@@ -178,6 +182,19 @@ void Link::release(const shm::CarveDescriptor& descriptor) noexcept {
     } catch (const std::exception&) {
         // A descriptor we did not hand out: a bug of ours, never the peer's doing; keep going.
     }
+}
+
+void Link::advertise_doorbell(bool sleeping) noexcept {
+    if (!peer_attached()) return;
+    const std::lock_guard lock(in_mu_);
+    in_->advertise_wake_slot(sleeping ? std::optional<std::uint32_t>(doorbell_slot_)
+                                      : std::nullopt);
+}
+
+bool Link::control_readable() noexcept {
+    if (!peer_attached()) return false;
+    const std::lock_guard lock(in_mu_);
+    return in_->readable();
 }
 
 std::size_t Link::outbox_depth() const {

@@ -4,8 +4,8 @@
 // Our side owns the arena `link.<me>.<peer>`; its first carve is our outbound control ring,
 // whose first record is LinkOpen. The peer's arena `link.<peer>.<me>` is attached by our
 // control loop once it appears (links_epoch); its first carve is our inbound control ring,
-// whose data cell permanently advertises our wake slot 0 (the control loop's doorbell), so
-// every control publish by the peer wakes our control loop.
+// whose data cell advertises our wake slot 0 (the control loop's doorbell) while the control
+// loop sleeps, so a control publish by the peer wakes it then.
 //
 // Producers of our control ring (any thread of ours) are serialised by `out_mu_`, a
 // process-local mutex never held across a wait. A full control ring never blocks anyone: the
@@ -64,8 +64,7 @@ class Link {
 public:
     /// Publishes our arena with our control ring and writes LinkOpen into it. Throws what
     /// Arena::create throws (ShmExhausted, SystemError).
-    Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor peer,
-         Uid peer_uid);
+    Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor peer, Uid peer_uid);
     Link(const Link&) = delete;
     Link& operator=(const Link&) = delete;
     ~Link();
@@ -85,11 +84,24 @@ public:
     /// Attaches the peer's arena and control ring if it exists; true once attached. Throws
     /// LayoutError (versions) or ProtocolError (a corrupt arena).
     bool attach_peer(const shm::Names& names);
-    bool peer_attached() const noexcept { return in_.has_value(); }
-    /// Calls `fn(view)` for each control record available now (at most `max`), in order.
-    /// A record that fails to decode throws DecodeError; a corrupt ring throws ProtocolError.
+
+    // ---- any thread (the inbound control ring's reader is guarded by in_mu_) ----
+    bool peer_attached() const noexcept {
+        // [link.attach] pairs with [link.attach] in attach_peer(): in_ is complete.
+        return attached_.load(std::memory_order::acquire);
+    }
+    /// Calls `fn(view)` for each control record available now (at most `max`), in order, with
+    /// the reader's lock held (records of one link are dispatched one at a time, in FIFO
+    /// order, by whichever thread reads). With `wait_for_lock` false, returns 0 at once when
+    /// another thread reads. A record that fails to decode throws DecodeError; a corrupt ring
+    /// throws ProtocolError.
     template <class Fn>
-    std::size_t read_control(Fn&& fn, std::size_t max);
+    std::size_t read_control(Fn&& fn, std::size_t max, bool wait_for_lock = true);
+    /// Advertises our doorbell in the inbound control ring while the control loop sleeps
+    /// (true) or withdraws it (false): the peer's publishes wake us only while we sleep.
+    void advertise_doorbell(bool sleeping) noexcept;
+    /// A control record is waiting (checked after advertising, before sleeping).
+    bool control_readable() noexcept;
     /// Writes outbox records while the ring has room; true when the outbox is empty.
     bool flush();
     void mark_up() noexcept { state_.store(LinkState::up, std::memory_order::release); }
@@ -142,13 +154,21 @@ private:
     bool out_broken_ = false;
     std::atomic<std::uint64_t> outbox_total_{0};
 
-    std::optional<shm::ArenaView> peer_arena_;  // control loop only
-    std::optional<shm::RingReader> in_;         // control loop only
+    std::optional<shm::ArenaView> peer_arena_;  // set once by the control loop (attach)
+    std::mutex in_mu_;                          // guards in_'s reader state
+    std::optional<shm::RingReader> in_;         // set once by the control loop (attach)
+    std::atomic<bool> attached_{false};         // [link.attach]
 };
 
 template <class Fn>
-std::size_t Link::read_control(Fn&& fn, std::size_t max) {
-    if (!in_) return 0;
+std::size_t Link::read_control(Fn&& fn, std::size_t max, bool wait_for_lock) {
+    if (!peer_attached()) return 0;
+    std::unique_lock lock(in_mu_, std::defer_lock);
+    if (wait_for_lock) {
+        lock.lock();
+    } else if (!lock.try_lock()) {
+        return 0;
+    }
     std::size_t n = 0;
     while (n < max) {
         shm::RecordView record;

@@ -389,18 +389,23 @@ public:
         if (ready()) return WaitStatus::ready;
         return waiter.wait(header_->consumer.data_cell, ready, deadline, stop, policy);
     }
-    /// Advertises wake slot `slot_index` of the consumer's table in the data cell for good, in
-    /// block mode: every publish then wakes that slot. For a reader whose thread waits on that
-    /// slot for many things at once (the control loop's doorbell, DESIGN.md §3); never combine
-    /// it with wait_readable on the same reader.
-    void advertise_permanently(std::uint32_t slot_index) noexcept {
-        // relaxed (both): the producer reads the cell after its [wake.storeload] fence; the
-        // owner re-checks the ring after this store before it first sleeps (its pass drains).
+    /// For a reader whose thread waits on one wake slot for many things at once (the control
+    /// loop's doorbell, DESIGN.md §3): puts the data cell in block mode for good and
+    /// advertises `slot_index` of the consumer's table (nullopt withdraws it). The owner
+    /// advertises before it sleeps, re-checks readable() (the fence below orders the two), and
+    /// withdraws after it woke, so producers pay a wake only while it sleeps. Never combine
+    /// with wait_readable on the same reader.
+    void advertise_wake_slot(std::optional<std::uint32_t> slot_index) noexcept {
+        // relaxed (both): the producer reads the cell after its [wake.storeload] fence.
         header_->consumer.data_cell.mode.store(static_cast<std::uint32_t>(WaitMode::block),
                                                std::memory_order::relaxed);
-        header_->consumer.data_cell.waiter.store(slot_index + 1, std::memory_order::relaxed);
-        storeload_fence();  // [wake.storeload]: the store above before the owner's next check
+        header_->consumer.data_cell.waiter.store(slot_index ? *slot_index + 1 : 0,
+                                                 std::memory_order::relaxed);
+        if (slot_index) storeload_fence();  // [wake.storeload] pairs with wake_cell()'s
     }
+    /// A record is committed beyond what was read (or the ring is broken): try_read would not
+    /// return empty.
+    bool readable() noexcept { return failed_ || position_ != cached_tail_ || refresh_tail(); }
 
     /// Changes the message capacity; applies to every push after the store is visible.
     void set_capacity_msgs(std::uint32_t capacity) noexcept;
