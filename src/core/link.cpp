@@ -1,5 +1,6 @@
 #include "core/link.hpp"
 
+#include <new>
 #include <utility>
 
 #include "shmctx/errors.hpp"
@@ -102,7 +103,13 @@ bool Link::attach_peer(const shm::Names& names) {
         shm::ArenaView::try_open(names, peer_uid_.uuid, self_.uuid);
     if (!view) return false;
     const shm::CarveDescriptor d = control_descriptor();
+    if (!view->carved(d)) return false;  // the owner is still carving its control ring
     const std::span<std::byte> body = view->attach(d);
+    // The ring header is initialised after the carve is published; its magic is stored last
+    // ([ring.init]): zero means "not yet", anything else RingReader::attach validates.
+    const auto* ring = std::launder(reinterpret_cast<const shm::RingHeader*>(body.data()));
+    // [ring.init] pairs with [ring.init] in RingWriter::create.
+    if (ring->immutable.magic.load(std::memory_order::acquire) == 0) return false;
     shm::RingReader reader = shm::RingReader::attach(body, d.generation, peer_wakes_,
                                                      shm::RingReaderOptions{kControlRecordKind});
     // Our control loop is the only reader; it advertises the doorbell while it sleeps.

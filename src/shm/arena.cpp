@@ -339,6 +339,18 @@ std::span<std::byte> ArenaView::attach(const CarveDescriptor& descriptor) const 
     return {segment_.data() + descriptor.offset, static_cast<std::size_t>(descriptor.bytes)};
 }
 
+bool ArenaView::carved(const CarveDescriptor& descriptor) const noexcept {
+    const std::uint64_t end = virtual_bytes_;
+    if (descriptor.offset < kArenaCarveBase + kCarveHeaderBytes || descriptor.offset > end ||
+        (descriptor.offset - kCarveHeaderBytes) % kPage != 0) {
+        return true;  // not a slot at all: let attach() say why
+    }
+    const auto& header = *std::launder(reinterpret_cast<const CarveHeader*>(  // NOLINT
+        segment_.data() + (descriptor.offset - kCarveHeaderBytes)));
+    // [arena.publish] pairs with [arena.publish] in Arena::carve: zero until published.
+    return header.generation.load(std::memory_order::acquire) != 0;
+}
+
 void ArenaView::detach(const CarveDescriptor& descriptor) const {
     CarveHeader& header = validated_header(descriptor);
     // [arena.detach] pairs with [arena.reclaim] in Arena::collect. The generation, not a flag:

@@ -5,7 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <latch>
+#include <memory>
+#include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "namespace_guard.hpp"
 #include "process.hpp"
@@ -94,9 +99,8 @@ TEST(ActorRuntime, ChildErrorIsRaisedAtTheParentWithItsSource) {
     NamespaceGuard ns("rt-err");
     Actor a("a", in(ns));
     Actor b("b", in(ns));
-    b.expose("boom", [](Context&, const Payload&) -> Payload {
-        throw std::runtime_error("kaboom");
-    });
+    b.expose("boom",
+             [](Context&, const Payload&) -> Payload { throw std::runtime_error("kaboom"); });
     Portal p = a.connect("b", 5s);
     try {
         (void)p.open_context("boom", {}, [](Context&, const Payload&) {});
@@ -112,6 +116,79 @@ TEST(ActorRuntime, ChildErrorIsRaisedAtTheParentWithItsSource) {
         EXPECT_TRUE(e.boxed_is<NotExposed>());
         EXPECT_THAT(e.message(), ::testing::HasSubstr("not exposed"));
     }
+}
+
+TEST(ActorRuntime, SimultaneousConnectsConvergeOnOneLinkPerPair) {
+    NamespaceGuard ns("rt-converge");
+    const int rounds = static_cast<int>(test::scaled(20)) + 1;
+    for (int round = 0; round < rounds; ++round) {
+        Actor a("a", in(ns));
+        Actor b("b", in(ns));
+        std::latch go(2);
+        std::optional<Portal> ab;
+        std::optional<Portal> ba;
+        std::thread ta([&] {
+            go.arrive_and_wait();
+            ab.emplace(a.connect("b", 5s));
+        });
+        std::thread tb([&] {
+            go.arrive_and_wait();
+            ba.emplace(b.connect("a", 5s));
+        });
+        ta.join();
+        tb.join();
+        ASSERT_TRUE(ab && ba);
+        EXPECT_EQ(a.links(), 1U);
+        EXPECT_EQ(b.links(), 1U);
+        // Exactly the two arenas of the pair exist, and the link works both ways.
+        EXPECT_EQ(ns.names.list("link").size(), 2U);
+        b.expose("id", [](Context&, const Payload& args) { return Payload::copy(args); });
+        a.expose("id", [](Context&, const Payload& args) { return Payload::copy(args); });
+        EXPECT_EQ(ab->run("id", Payload::value(round)).value<int>(), round);
+        EXPECT_EQ(ba->run("id", Payload::value(round)).value<int>(), round);
+    }
+    EXPECT_THAT(test::all_objects(ns.names), ::testing::IsEmpty());
+}
+
+TEST(ActorRuntime, ConnectToAMissingActorNamesActorAndNamespace) {
+    NamespaceGuard ns("rt-missing");
+    Actor a("a", in(ns));
+    try {
+        (void)a.connect("ghost", 50ms);
+        ADD_FAILURE() << "connected to nobody";
+    } catch (const ActorNotFound& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("'ghost'"));
+        EXPECT_THAT(e.what(), ::testing::HasSubstr(ns.names.ns()));
+    }
+}
+
+TEST(ActorRuntime, PeerShutdownFailsItsContextsWithTransportClosed) {
+    NamespaceGuard ns("rt-shutdown");
+    Actor a("a", in(ns));
+    auto b = std::make_unique<Actor>("b", in(ns));
+    std::latch entered(1);
+    b->expose("wait", [&](Context& ctx, const Payload&) {
+        ctx.started();
+        entered.count_down();
+        ctx.sleep_for(std::chrono::hours(1));  // until b shuts down
+        return Payload{};
+    });
+    Portal p = a.connect("b", 5s);
+    std::thread closer([&] {
+        entered.wait();
+        b.reset();  // orderly: cancels the endpoint, closes the link
+    });
+    try {
+        (void)p.open_context("wait", {},
+                             [](Context& ctx, const Payload&) { (void)ctx.wait_for_result(); });
+        ADD_FAILURE() << "the context survived its peer's shutdown";
+    } catch (const ContextCancelled& e) {
+        // The endpoint's ctxc (canceller: b itself) may arrive before the LinkClose.
+        EXPECT_EQ(e.src_uid().name, "b");
+    } catch (const TransportClosed&) {
+    }
+    closer.join();
+    EXPECT_TRUE(test::wait_until([&] { return a.links() == 0U; }));
 }
 
 }  // namespace

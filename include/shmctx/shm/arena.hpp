@@ -200,6 +200,10 @@ public:
     /// The body of the carve `descriptor` names, after checking its bounds, alignment and the
     /// generation in the carve header (ProtocolError on any mismatch).
     std::span<std::byte> attach(const CarveDescriptor& descriptor) const;
+    /// False while the slot `descriptor` names has never been carved (its generation is still
+    /// zero): for a peer that attaches a carve it expects, such as a link's control ring,
+    /// before the owner has finished it. True otherwise (attach() then validates).
+    bool carved(const CarveDescriptor& descriptor) const noexcept;
     /// Stores `detached` in the carve header ([arena.detach], release): after this the
     /// consumer must not touch the body. Same checks as attach.
     void detach(const CarveDescriptor& descriptor) const;
