@@ -68,12 +68,12 @@ struct ActorOptions {
     std::uint32_t msg_buffer_size = 64;
     /// Data bytes of each data ring we carve (a power of two >= 4 KiB); a message may use a
     /// quarter of it.
-    std::size_t data_ring_bytes = 256 * 1024;
+    std::size_t data_ring_bytes = std::size_t{256} * 1024;
     /// Virtual size of each link arena (sparse: only carved rings use memory).
     std::size_t arena_bytes = std::size_t{256} << 20;
     /// Cap on one control record: a bigger start argument, started() or Return value is
     /// PayloadTooLarge (stream it instead); error tracebacks are truncated to fit.
-    std::size_t max_control_record_bytes = 16 * 1024;
+    std::size_t max_control_record_bytes = std::size_t{16} * 1024;
     /// Liveness heartbeat period; a peer whose heartbeat is older than `unresponsive_after` is
     /// reported unresponsive (never dead: death needs kernel evidence).
     /// After activity, the control loop, idle endpoint threads and threads waiting on a

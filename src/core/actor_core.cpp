@@ -284,7 +284,7 @@ void ActorCore::scan_links() {
 }
 
 void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
-                          std::exception_ptr why) {
+                          const std::exception_ptr& why) {
     if (!link->finish(state, why)) return;
     std::vector<std::shared_ptr<ContextState>> affected;
     {
@@ -428,7 +428,8 @@ bool ActorCore::service_link(const std::shared_ptr<Link>& link) {
     }
 }
 
-void ActorCore::link_error(const std::shared_ptr<Link>& link, std::exception_ptr error) noexcept {
+void ActorCore::link_error(const std::shared_ptr<Link>& link,
+                           const std::exception_ptr& error) noexcept {
     try {
         std::rethrow_exception(error);
     } catch (const LayoutError&) {
@@ -560,7 +561,7 @@ void ActorCore::on_link_open(const std::shared_ptr<Link>& link, const wire::fb::
 void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Start& start) {
     const Cid cid = wire::from_fb(*start.cid());
     const std::string fn = start.fn_name()->str();
-    const auto ship_error = [&](std::exception_ptr e) {
+    const auto ship_error = [&](const std::exception_ptr& e) {
         BoxedError boxed = box(e, uid_, cid, fn);
         (void)link->send([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(0)); });
     };

@@ -122,9 +122,10 @@ private:
     void on_start(const std::shared_ptr<Link>& link, const wire::fb::Start& start);
     void on_cancel_request(const std::shared_ptr<Link>& link, const wire::fb::CancelRequest& req);
     void on_link_open(const std::shared_ptr<Link>& link, const wire::fb::LinkOpen& open);
-    void link_lost(const std::shared_ptr<Link>& link, LinkState state, std::exception_ptr why);
+    void link_lost(const std::shared_ptr<Link>& link, LinkState state,
+                   const std::exception_ptr& why);
     /// A control ring or record of `link` failed validation: fails that link only.
-    void link_error(const std::shared_ptr<Link>& link, std::exception_ptr error) noexcept;
+    void link_error(const std::shared_ptr<Link>& link, const std::exception_ptr& error) noexcept;
     void on_liveness(const Uuid& peer, shm::LivenessEvent event);
     std::shared_ptr<Link> make_link(shm::PeerActor peer, Uid peer_uid);
     std::shared_ptr<ContextState> find_context(const Uuid& peer, const Cid& cid) const;

@@ -373,7 +373,7 @@ Outcome ContextState::wait_for_result() {
     std::rethrow_exception(e);
 }
 
-Outcome ContextState::exit_parent(std::exception_ptr body_error) {
+Outcome ContextState::exit_parent(const std::exception_ptr& body_error) {
     const auto exit_normally = [&]() -> Outcome {
         try {
             return wait_for_result();
@@ -588,7 +588,6 @@ void ContextState::cancel(Deadline deadline) {
 }
 
 void ContextState::finish() {
-    std::optional<shm::RingReader> in;
     std::optional<shm::CarveDescriptor> in_desc;
     {
         const Lock lock(mu_);

@@ -85,7 +85,7 @@ public:
     void cancel_quietly() noexcept;
     /// The open_context exit algorithm (spec §3.5) after the body: `body_error` null for a
     /// normal exit (including an absorbed cancel). Returns the outcome or rethrows.
-    Outcome exit_parent(std::exception_ptr body_error);
+    Outcome exit_parent(const std::exception_ptr& body_error);
     Outcome wait_for_result();
 
     // ---- child side ----

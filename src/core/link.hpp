@@ -35,7 +35,7 @@
 namespace shmctx::detail {
 
 /// Data bytes of a control ring: a 16 KiB control record (the default cap) is a sixteenth.
-inline constexpr std::size_t kControlRingDataBytes = 256 * 1024;
+inline constexpr std::size_t kControlRingDataBytes = std::size_t{256} * 1024;
 /// The ring record kind of control records (one kind: the FlatBuffer says the rest).
 inline constexpr std::uint16_t kControlRecordKind = 1;
 /// Ring record kinds of stream data: kDataKindBase + PayloadKind (so kinds 16..20).
@@ -182,8 +182,11 @@ std::size_t Link::read_control(Fn&& fn, std::size_t max, bool wait_for_lock) {
         // Release even when fn throws: a record is looked at once.
         struct Release {
             shm::RingReader& ring;
+            explicit Release(shm::RingReader& r) : ring(r) {}
+            Release(const Release&) = delete;
+            Release& operator=(const Release&) = delete;
             ~Release() { ring.release(); }
-        } release{*in_};
+        } release(*in_);
         fn(wire::decode_control(record.payload));
     }
     return n;
