@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <iosfwd>
 #include <span>
 #include <string>
@@ -137,5 +138,17 @@ std::vector<TargetCheck> check_targets(const Report& report);
 void print_table(const Report& report, std::ostream& out);
 /// Writes the report as JSON; throws SystemError if the file cannot be written.
 void write_json(const Report& report, const std::string& path);
+
+// ---- For other benchmark programs that set their figures beside the harness's (e.g.
+// bench/context_rtt.cpp), so that both sides are summarised and printed the same way. ----
+
+/// Percentiles of round-trip samples (nanoseconds) exactly as the harness computes its own:
+/// the first 1000 samples are dropped as warm-up when there are more than 2000, then nearest
+/// rank. Sorts `samples`.
+RoundTripRun round_trip_percentiles(std::vector<std::uint32_t>& samples);
+/// Nanoseconds as the harness prints them: "210ns", "19.2us", "1.20ms".
+std::string format_ns(double ns);
+/// `s` escaped for use inside a JSON string (without the quotes).
+std::string json_escaped(std::string_view s);
 
 }  // namespace shmctx::bench

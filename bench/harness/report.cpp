@@ -185,6 +185,10 @@ std::vector<TargetCheck> check_targets(const Report& r) {
     return out;
 }
 
+std::string format_ns(double ns) { return dur(ns); }
+
+std::string json_escaped(std::string_view s) { return json_escape(s); }
+
 void print_table(const Report& r, std::ostream& out) {
     out << "shmctx perf harness  commit " << r.commit.substr(0, 12) << "  " << r.date << "\n"
         << "cpu: " << r.cpu << "   placement: " << r.placement.text << "   build: " << r.build_type

@@ -453,6 +453,10 @@ std::string utc_now() {
 
 std::span<const TransportInfo> transports() { return kInfos; }
 
+RoundTripRun round_trip_percentiles(std::vector<std::uint32_t>& samples) {
+    return percentiles(samples);
+}
+
 Stat summarize(std::vector<double> values) {
     Stat s;
     if (values.empty()) return s;
