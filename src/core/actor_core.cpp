@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "core/backoff.hpp"
 #include "core/boxing.hpp"
 #include "core/context_state.hpp"
 #include "shmctx/errors.hpp"
@@ -33,6 +34,7 @@ shm::LocalActorOptions record_options(const ActorOptions& o) {
 EndpointPoolOptions pool_options(const ActorOptions& o, ActorCore* core) {
     EndpointPoolOptions p;
     p.on_idle_poll = [core] { return core->help_poll(); };
+    p.on_idle_watch = [core](bool watching) { core->helping(watching); };
     p.max_threads = o.max_endpoints == 0 ? 1 : o.max_endpoints;
     p.idle_timeout = o.endpoint_idle_timeout;
     p.spin_before_sleep = o.spin_before_sleep;
@@ -110,6 +112,7 @@ void ActorCore::shutdown() {
         const std::lock_guard lock(mu_);
         contexts.swap(contexts_);
         links_.clear();
+        publish_links_locked();
         requests_.clear();
     }
     // Parent bodies still running on user threads keep their states (and links) alive.
@@ -201,6 +204,7 @@ std::shared_ptr<Link> ActorCore::make_link(shm::PeerActor peer, Uid peer_uid) {
     {
         const std::lock_guard lock(mu_);
         links_[p.uuid()] = link;
+        publish_links_locked();
     }
     // [link.epoch] pairs with [link.epoch] in pass(): our arena exists before the peer looks.
     p.segment().links_epoch().fetch_add(1, std::memory_order::release);
@@ -290,7 +294,10 @@ void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
     {
         const std::lock_guard lock(mu_);
         const auto it = links_.find(link->peer().uuid);
-        if (it != links_.end() && it->second == link) links_.erase(it);
+        if (it != links_.end() && it->second == link) {
+            links_.erase(it);
+            publish_links_locked();
+        }
         gone_[link->peer().uuid] = state;
         for (auto& [key, ctx] : contexts_) {
             if (key.peer == link->peer().uuid) affected.push_back(ctx);
@@ -316,16 +323,70 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
                                          std::to_string(link->peer_actor().pid()) + ") died")));
 }
 
-bool ActorCore::help_poll() noexcept {
-    std::vector<std::shared_ptr<Link>> links;
-    {
-        const std::lock_guard lock(mu_);
-        if (shutting_down_) return false;
-        links.reserve(links_.size());
-        for (auto& [uuid, link] : links_) links.push_back(link);
+void ActorCore::publish_links_locked() {
+    auto list = std::make_shared<LinkList>();
+    list->reserve(links_.size());
+    for (const auto& [uuid, link] : links_) list->push_back(link);
+    // [core.links] pairs with links_snapshot(): readers get a complete, immutable list.
+    link_list_.store(std::move(list), std::memory_order::release);
+    links_version_.fetch_add(1, std::memory_order::release);  // [core.links]
+}
+
+std::shared_ptr<const ActorCore::LinkList> ActorCore::links_snapshot() const noexcept {
+    // [core.links] pairs with publish_links_locked(). No lock, no copy: help_poll runs in
+    // spin loops.
+    return link_list_.load(std::memory_order::acquire);
+}
+
+void ActorCore::helping(bool on) noexcept {
+    try {
+        if (on) {
+            // [core.helpers] pairs with the control loop's helped(): it sleeps unadvertised.
+            if (helpers_.fetch_add(1, std::memory_order::acq_rel) == 0) {
+                const std::shared_ptr<const LinkList> links = links_snapshot();
+                for (const auto& link : *links) link->advertise_doorbell(false);
+            }
+            return;
+        }
+        if (helpers_.fetch_sub(1, std::memory_order::acq_rel) != 1) return;
+        // The last helper out: the control loop may sleep unadvertised. Advertise for it, then
+        // look once more ([wake.storeload] inside advertise_doorbell): a record published
+        // before a producer could see the advertisement is found here and rings the loop.
+        bool pending = false;
+        const std::shared_ptr<const LinkList> links = links_snapshot();
+        for (const auto& link : *links) {
+            link->advertise_doorbell(true);
+            pending = pending || link->control_readable();
+        }
+        if (pending) wake_control_loop();
+    } catch (...) {
+        wake_control_loop();  // allocation failure: let the loop sort it out
     }
+}
+
+bool ActorCore::help_poll() noexcept {
+    // The list is re-read only when it changed: help_poll runs in spin loops, and loading the
+    // shared pointer takes its lock and bumps its count (a cache line every helper writes).
+    // Weak: a thread-local must never keep an actor's links (and their arenas) alive.
+    struct Cursor {
+        const ActorCore* core = nullptr;
+        std::uint64_t version = 0;
+        std::weak_ptr<const LinkList> list;
+    };
+    static thread_local Cursor cursor;
+    // [core.links] pairs with publish_links_locked(): a new version means a new list.
+    const std::uint64_t version = links_version_.load(std::memory_order::acquire);
+    std::shared_ptr<const LinkList> list;
+    if (cursor.core == this && cursor.version == version) list = cursor.list.lock();
+    if (!list) {
+        list = links_snapshot();
+        cursor.list = list;
+        cursor.core = this;
+        cursor.version = version;
+    }
+    const LinkList& links = *list;
     bool worked = false;
-    for (auto& link : links) {
+    for (const auto& link : links) {
         try {
             worked = link->read_control([&](const wire::ControlView& msg) { dispatch(link, msg); },
                                         kRecordsPerPass, /*wait_for_lock=*/false) != 0 ||
@@ -354,12 +415,8 @@ void ActorCore::control_loop() noexcept {
         }
         // [core.stop] pairs with shutdown(): everything queued before it was flushed above.
         if (stop_.load(std::memory_order::acquire)) break;
-        std::vector<std::shared_ptr<Link>> links;
-        {
-            const std::lock_guard lock(mu_);
-            links.reserve(links_.size());
-            for (auto& [uuid, link] : links_) links.push_back(link);
-        }
+        const std::shared_ptr<const LinkList> list = links_snapshot();
+        const LinkList& links = *list;
         const auto pending = [&] {
             // [wake.observe] (acquire): what a ringer published before is visible after.
             if (bell.counter.load(std::memory_order::acquire) != seen) return true;
@@ -368,15 +425,27 @@ void ActorCore::control_loop() noexcept {
             }
             return false;
         };
-        if (worked && options_.spin_before_sleep > Duration::zero()) {
+        // [core.helpers]: threads that read the rings while they spin (help_poll).
+        const auto helped = [&] { return helpers_.load(std::memory_order::acquire) > 0; };
+        if (worked && options_.spin_before_sleep > Duration::zero() && !helped()) {
             // After activity, watch the rings and the doorbell a little before sleeping: the
             // next record of an exchange usually follows within microseconds (ActorOptions).
             // Producers do not ring us meanwhile (we have not advertised), so look at the
             // rings themselves.
             const auto until = Clock::now() + options_.spin_before_sleep;
-            while (!pending() && Clock::now() < until) std::this_thread::yield();
+            Backoff backoff;
+            while (!pending() && (!backoff.time_to_check() || Clock::now() < until) && !helped()) {
+                backoff.pause();
+            }
         }
         if (pending()) continue;
+        if (helped()) {
+            // Others read the rings now and withdrew the doorbell (producers then never pay
+            // a wake for us). The last helper out advertises it again and rings it if a
+            // record is waiting; a ring after `seen` was read ends this wait at once.
+            (void)shm::futex_wait(bell.counter, seen, Duration::max());
+            continue;
+        }
         // Advertise the doorbell in every inbound control ring, then look once more: a
         // record published before a producer could see the advertisement is found here, one
         // published after it rings the bell ([wake.storeload] on both sides).
@@ -388,7 +457,6 @@ void ActorCore::control_loop() noexcept {
 
 bool ActorCore::pass() {
     std::vector<std::function<void()>> posted;
-    std::vector<std::shared_ptr<Link>> links;
     {
         const std::lock_guard lock(mu_);
         posted.swap(posted_);
@@ -402,12 +470,8 @@ bool ActorCore::pass() {
         scan_links();
         worked = true;
     }
-    {
-        const std::lock_guard lock(mu_);
-        links.reserve(links_.size());
-        for (auto& [uuid, link] : links_) links.push_back(link);
-    }
-    for (auto& link : links) worked = service_link(link) || worked;
+    const std::shared_ptr<const LinkList> links = links_snapshot();  // keeps the list alive
+    for (const auto& link : *links) worked = service_link(link) || worked;
     return worked;
 }
 
@@ -560,7 +624,9 @@ void ActorCore::on_link_open(const std::shared_ptr<Link>& link, const wire::fb::
 
 void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Start& start) {
     const Cid cid = wire::from_fb(*start.cid());
-    const std::string fn = start.fn_name()->str();
+    // Required fields, checked by decode_control(); the compiler cannot know that.
+    const flatbuffers::String* fn_name = start.fn_name();
+    const std::string fn = fn_name != nullptr ? fn_name->str() : std::string();
     const auto ship_error = [&](const std::exception_ptr& e) {
         BoxedError boxed = box(e, uid_, cid, fn);
         (void)link->send([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(0)); });

@@ -41,6 +41,19 @@
 namespace shmctx::detail {
 
 class ContextState;
+class ActorCore;
+
+/// RAII for ActorCore::helping(): the calling thread reads control rings while it spins.
+class HelperScope {
+public:
+    explicit HelperScope(ActorCore& core) noexcept;
+    HelperScope(const HelperScope&) = delete;
+    HelperScope& operator=(const HelperScope&) = delete;
+    ~HelperScope();
+
+private:
+    ActorCore& core_;
+};
 
 /// What a Portal holds: the link it was made for (kept alive while a portal exists).
 class LinkHandle {
@@ -102,6 +115,11 @@ public:
     /// waits for a context event or a task (leader/follower: it saves the hop through the
     /// control loop). Skips a ring another thread is reading. True if it dispatched anything.
     bool help_poll() noexcept;
+    /// A thread starts (true) or stops (false) reading the control rings while it spins
+    /// (help_poll). The first one in withdraws the doorbell from the rings (producers stop
+    /// waking the sleeping control loop: the helpers read); the last one out advertises it
+    /// again and rings the doorbell itself if a record is waiting (docs/protocol.md §9.2).
+    void helping(bool on) noexcept;
     /// Rings the control loop's doorbell (slot 0).
     void wake_control_loop() noexcept;
     /// Runs `fn` on the control loop at its next pass.
@@ -129,6 +147,11 @@ private:
     void on_liveness(const Uuid& peer, shm::LivenessEvent event);
     std::shared_ptr<Link> make_link(shm::PeerActor peer, Uid peer_uid);
     std::shared_ptr<ContextState> find_context(const Uuid& peer, const Cid& cid) const;
+    using LinkList = std::vector<std::shared_ptr<Link>>;
+    /// The links now, as an immutable list (no lock, no copy).
+    std::shared_ptr<const LinkList> links_snapshot() const noexcept;
+    /// Publishes links_ as the list links_snapshot() returns; mu_ held.
+    void publish_links_locked();
     void run_endpoint(const std::shared_ptr<ContextState>& ctx, const Endpoint& endpoint,
                       const Payload& args);
 
@@ -156,6 +179,9 @@ private:
     /// (uuids are never reused). Guarded by mu_.
     std::unordered_map<Uuid, LinkState> gone_;
     std::mutex link_create_mu_;  // one link creation at a time (connect vs. the control loop)
+    std::atomic<std::shared_ptr<const LinkList>> link_list_{std::make_shared<const LinkList>()};
+    std::atomic<std::uint64_t> links_version_{1};  // [core.links] bumped per new list
+    std::atomic<int> helpers_{0};                  // [core.helpers] threads in help_poll spins
     std::atomic<std::uint64_t> next_seq_{0};
     std::atomic<std::uint64_t> next_request_{0};
     std::atomic<bool> stop_{false};
@@ -163,5 +189,8 @@ private:
     std::optional<shm::LivenessWatcher> watcher_;
     std::thread loop_;
 };
+
+inline HelperScope::HelperScope(ActorCore& core) noexcept : core_(core) { core_.helping(true); }
+inline HelperScope::~HelperScope() { core_.helping(false); }
 
 }  // namespace shmctx::detail

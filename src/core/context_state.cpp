@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/actor_core.hpp"
+#include "core/backoff.hpp"
 #include "core/boxing.hpp"
 #include "core/canceller_thread.hpp"
 
@@ -120,18 +121,33 @@ bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& sto
     if (pred()) return true;
     const Duration spin = core_->options().spin_before_sleep;
     if (spin > Duration::zero()) {
-        // [ctx.event] read under the mutex: a later record bumps it after changing the state.
-        const std::uint32_t seen = events_.load(std::memory_order::acquire);
-        lock.unlock();
         const Clock::time_point until = std::min(Clock::now() + spin, deadline.at());
-        while (events_.load(std::memory_order::acquire) == seen && Clock::now() < until &&
-               !stop.stop_requested()) {
-            // Read the control rings ourselves meanwhile (leader/follower): our own records
-            // then need no hop through the control loop.
-            if (!core_->help_poll()) std::this_thread::yield();
+        // [ctx.event] read under the mutex: a later record bumps it after changing state.
+        std::uint32_t seen = events_.load(std::memory_order::acquire);
+        bool satisfied = false;
+        lock.unlock();
+        {
+            // Held without our mutex: leaving it may take a link's reader lock, which the
+            // control loop holds while it takes our mutex to record what arrived.
+            const HelperScope helping(*core_);
+            Backoff backoff;
+            while (!satisfied) {
+                while (events_.load(std::memory_order::acquire) == seen &&
+                       (!backoff.time_to_check() || Clock::now() < until) &&
+                       !stop.stop_requested()) {
+                    // Read the control rings ourselves meanwhile (leader/follower): our own
+                    // records then need no hop through the control loop.
+                    if (!core_->help_poll()) backoff.pause();
+                }
+                if (events_.load(std::memory_order::acquire) == seen) break;  // budget, stop
+                lock.lock();
+                satisfied = pred();
+                seen = events_.load(std::memory_order::acquire);
+                lock.unlock();
+            }
         }
         lock.lock();
-        if (pred()) return true;
+        if (satisfied || pred()) return true;
     }
     if (deadline.is_infinite()) return cv_.wait(lock, stop, pred);
     return cv_.wait_until(lock, stop, deadline.at(), pred);

@@ -9,6 +9,8 @@
 #include <system_error>
 #include <utility>
 
+#include "core/backoff.hpp"
+
 namespace shmctx::detail {
 
 namespace {
@@ -182,12 +184,14 @@ void EndpointPool::run_worker(Worker* w) noexcept {
                 w->assigned.store(false, std::memory_order::relaxed);
                 lock.unlock();
                 const auto until = Clock::now() + options_.spin_before_sleep;
+                if (options_.on_idle_watch) options_.on_idle_watch(true);
                 // [pool.assign]: acquire pairs with the release in try_submit.
-                while (!w->assigned.load(std::memory_order::acquire) && Clock::now() < until) {
-                    if (!options_.on_idle_poll || !options_.on_idle_poll()) {
-                        std::this_thread::yield();
-                    }
+                Backoff backoff;
+                while (!w->assigned.load(std::memory_order::acquire) &&
+                       (!backoff.time_to_check() || Clock::now() < until)) {
+                    if (!options_.on_idle_poll || !options_.on_idle_poll()) backoff.pause();
                 }
+                if (options_.on_idle_watch) options_.on_idle_watch(false);
                 lock.lock();
             }
             continue;

@@ -49,6 +49,9 @@ struct EndpointPoolOptions {
     /// so a Start can reach an idle thread without a hop through the control loop. Empty: the
     /// thread yields instead. Must not throw.
     std::function<bool()> on_idle_poll;
+    /// Called with true when a thread starts watching for its next task and false when it
+    /// stops (never under the pool's lock). Must not throw.
+    std::function<void(bool watching)> on_idle_watch;
     /// Thread name (at most 15 characters are kept).
     std::string name = "shmctx-endpoint";
     /// Receives exceptions escaping tasks and thread hooks (default: report_to_stderr).

@@ -198,10 +198,11 @@ void Link::advertise_doorbell(bool sleeping) noexcept {
                                       : std::nullopt);
 }
 
-bool Link::control_readable() noexcept {
-    if (!peer_attached()) return false;
-    const std::lock_guard lock(in_mu_);
-    return in_->readable();
+bool Link::control_readable() const noexcept {
+    // The shared words only (no lock): whoever reads takes the lock. After the doorbell was
+    // advertised ([wake.storeload] fence in advertise_wake_slot), a record the producer
+    // published before it could see the advertisement shows here as tail != head.
+    return peer_attached() && in_->maybe_readable();
 }
 
 std::size_t Link::outbox_depth() const {

@@ -100,8 +100,9 @@ public:
     /// Advertises our doorbell in the inbound control ring while the control loop sleeps
     /// (true) or withdraws it (false): the peer's publishes wake us only while we sleep.
     void advertise_doorbell(bool sleeping) noexcept;
-    /// A control record is waiting (checked after advertising, before sleeping).
-    bool control_readable() noexcept;
+    /// A control record is waiting, or one is being read right now (lock-free: checked in
+    /// spin loops, and after advertising, before sleeping).
+    bool control_readable() const noexcept;
     /// Writes outbox records while the ring has room; true when the outbox is empty.
     bool flush();
     void mark_up() noexcept { state_.store(LinkState::up, std::memory_order::release); }
@@ -163,6 +164,9 @@ private:
 template <class Fn>
 std::size_t Link::read_control(Fn&& fn, std::size_t max, bool wait_for_lock) {
     if (!peer_attached()) return 0;
+    // A helper polls in a spin loop: look at the shared words before touching the lock
+    // (in_ is set once, before attached_; maybe_readable() reads only shared atomics).
+    if (!wait_for_lock && !in_->maybe_readable()) return 0;
     std::unique_lock lock(in_mu_, std::defer_lock);
     if (wait_for_lock) {
         lock.lock();

@@ -406,6 +406,14 @@ public:
     /// A record is committed beyond what was read (or the ring is broken): try_read would not
     /// return empty.
     bool readable() noexcept { return failed_ || position_ != cached_tail_ || refresh_tail(); }
+    /// A hint, safe from any thread (it reads only the shared words): the producer's tail is
+    /// not the released head, so something is unread (or held). For threads that poll a ring
+    /// another thread reads (under a lock) before they take that lock.
+    bool maybe_readable() const noexcept {
+        // relaxed (both): a hint; whoever acts on it takes the reader's lock and reads properly.
+        return header_->producer.tail_bytes.load(std::memory_order::relaxed) !=
+               header_->consumer.head_bytes.load(std::memory_order::relaxed);
+    }
 
     /// Changes the message capacity; applies to every push after the store is visible.
     void set_capacity_msgs(std::uint32_t capacity) noexcept;
