@@ -324,18 +324,24 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
 }
 
 void ActorCore::publish_links_locked() {
-    auto list = std::make_shared<LinkList>();
-    list->reserve(links_.size());
-    for (const auto& [uuid, link] : links_) list->push_back(link);
-    // [core.links] pairs with links_snapshot(): readers get a complete, immutable list.
-    link_list_.store(std::move(list), std::memory_order::release);
-    links_version_.fetch_add(1, std::memory_order::release);  // [core.links]
+    auto list = std::make_shared<const LinkList>([&] {
+        LinkList l;
+        l.reserve(links_.size());
+        for (const auto& [uuid, link] : links_) l.push_back(link);
+        return l;
+    }());
+    {
+        const std::lock_guard lock(list_mu_);
+        link_list_ = std::move(list);
+    }
+    // [core.links] pairs with help_poll(): a new version means a new list.
+    links_version_.fetch_add(1, std::memory_order::release);
 }
 
-std::shared_ptr<const ActorCore::LinkList> ActorCore::links_snapshot() const noexcept {
-    // [core.links] pairs with publish_links_locked(). No lock, no copy: help_poll runs in
-    // spin loops.
-    return link_list_.load(std::memory_order::acquire);
+std::shared_ptr<const ActorCore::LinkList> ActorCore::links_snapshot() const {
+    // A short lock of its own (not mu_): help_poll takes it only when the version moved.
+    const std::lock_guard lock(list_mu_);
+    return link_list_;
 }
 
 void ActorCore::helping(bool on) noexcept {
@@ -415,43 +421,58 @@ void ActorCore::control_loop() noexcept {
         }
         // [core.stop] pairs with shutdown(): everything queued before it was flushed above.
         if (stop_.load(std::memory_order::acquire)) break;
-        const std::shared_ptr<const LinkList> list = links_snapshot();
-        const LinkList& links = *list;
-        const auto pending = [&] {
-            // [wake.observe] (acquire): what a ringer published before is visible after.
-            if (bell.counter.load(std::memory_order::acquire) != seen) return true;
-            for (auto& link : links) {
-                if (link->control_readable()) return true;
+        enum class Sleep : std::uint8_t { no, unadvertised, advertised };
+        Sleep sleep = Sleep::no;
+        {
+            // The list is dropped before sleeping: a lost link must not stay alive (with its
+            // mappings) while the loop sleeps.
+            const std::shared_ptr<const LinkList> list = links_snapshot();
+            const LinkList& links = *list;
+            const auto pending = [&] {
+                // [wake.observe] (acquire): what a ringer published before is visible after.
+                if (bell.counter.load(std::memory_order::acquire) != seen) return true;
+                for (const auto& link : links) {
+                    if (link->control_readable()) return true;
+                }
+                return false;
+            };
+            // [core.helpers]: threads that read the rings while they spin (help_poll).
+            const auto helped = [&] { return helpers_.load(std::memory_order::acquire) > 0; };
+            if (worked && options_.spin_before_sleep > Duration::zero() && !helped()) {
+                // After activity, watch the rings and the doorbell a little before sleeping:
+                // the next record of an exchange usually follows within microseconds
+                // (ActorOptions). Producers do not ring us meanwhile (we have not advertised),
+                // so look at the rings themselves.
+                const auto until = Clock::now() + options_.spin_before_sleep;
+                Backoff backoff;
+                while (!pending() && (!backoff.time_to_check() || Clock::now() < until) &&
+                       !helped()) {
+                    backoff.pause();
+                }
             }
-            return false;
-        };
-        // [core.helpers]: threads that read the rings while they spin (help_poll).
-        const auto helped = [&] { return helpers_.load(std::memory_order::acquire) > 0; };
-        if (worked && options_.spin_before_sleep > Duration::zero() && !helped()) {
-            // After activity, watch the rings and the doorbell a little before sleeping: the
-            // next record of an exchange usually follows within microseconds (ActorOptions).
-            // Producers do not ring us meanwhile (we have not advertised), so look at the
-            // rings themselves.
-            const auto until = Clock::now() + options_.spin_before_sleep;
-            Backoff backoff;
-            while (!pending() && (!backoff.time_to_check() || Clock::now() < until) && !helped()) {
-                backoff.pause();
+            if (pending()) continue;
+            if (helped()) {
+                // Others read the rings now and withdrew the doorbell (producers then never
+                // pay a wake for us). The last helper out advertises it again and rings it if
+                // a record is waiting; a ring after `seen` was read ends the wait at once.
+                sleep = Sleep::unadvertised;
+            } else {
+                // Advertise the doorbell in every inbound control ring, then look once more:
+                // a record published before a producer could see the advertisement is found
+                // here, one published after it rings the bell ([wake.storeload] both sides).
+                for (const auto& link : links) link->advertise_doorbell(true);
+                sleep = pending() ? Sleep::no : Sleep::advertised;
+                if (sleep == Sleep::no) {
+                    for (const auto& link : links) link->advertise_doorbell(false);
+                }
             }
         }
-        if (pending()) continue;
-        if (helped()) {
-            // Others read the rings now and withdrew the doorbell (producers then never pay
-            // a wake for us). The last helper out advertises it again and rings it if a
-            // record is waiting; a ring after `seen` was read ends this wait at once.
-            (void)shm::futex_wait(bell.counter, seen, Duration::max());
-            continue;
+        if (sleep == Sleep::no) continue;
+        (void)shm::futex_wait(bell.counter, seen, Duration::max());
+        if (sleep == Sleep::advertised) {
+            const std::shared_ptr<const LinkList> list = links_snapshot();
+            for (const auto& link : *list) link->advertise_doorbell(false);
         }
-        // Advertise the doorbell in every inbound control ring, then look once more: a
-        // record published before a producer could see the advertisement is found here, one
-        // published after it rings the bell ([wake.storeload] on both sides).
-        for (auto& link : links) link->advertise_doorbell(true);
-        if (!pending()) (void)shm::futex_wait(bell.counter, seen, Duration::max());
-        for (auto& link : links) link->advertise_doorbell(false);
     }
 }
 

@@ -149,7 +149,7 @@ private:
     std::shared_ptr<ContextState> find_context(const Uuid& peer, const Cid& cid) const;
     using LinkList = std::vector<std::shared_ptr<Link>>;
     /// The links now, as an immutable list (no lock, no copy).
-    std::shared_ptr<const LinkList> links_snapshot() const noexcept;
+    std::shared_ptr<const LinkList> links_snapshot() const;
     /// Publishes links_ as the list links_snapshot() returns; mu_ held.
     void publish_links_locked();
     void run_endpoint(const std::shared_ptr<ContextState>& ctx, const Endpoint& endpoint,
@@ -178,8 +178,9 @@ private:
     /// Peers whose link ended (closed, dead, failed): their arenas are never linked again
     /// (uuids are never reused). Guarded by mu_.
     std::unordered_map<Uuid, LinkState> gone_;
-    std::mutex link_create_mu_;  // one link creation at a time (connect vs. the control loop)
-    std::atomic<std::shared_ptr<const LinkList>> link_list_{std::make_shared<const LinkList>()};
+    std::mutex link_create_mu_;   // one link creation at a time (connect vs. the control loop)
+    mutable std::mutex list_mu_;  // guards link_list_ (the pointer, not the list: immutable)
+    std::shared_ptr<const LinkList> link_list_ = std::make_shared<const LinkList>();
     std::atomic<std::uint64_t> links_version_{1};  // [core.links] bumped per new list
     std::atomic<int> helpers_{0};                  // [core.helpers] threads in help_poll spins
     std::atomic<std::uint64_t> next_seq_{0};

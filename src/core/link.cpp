@@ -94,6 +94,12 @@ bool Link::finish(LinkState final_state, std::exception_ptr why) {
         out_broken_ = true;
         outbox_.clear();
     }
+    {
+        // Nobody will attach our arena again: its name goes now, while contexts and portals
+        // may still hold the link (and its mappings) for a while.
+        const std::lock_guard lock(arena_mu_);
+        arena_.unlink();
+    }
     return true;
 }
 

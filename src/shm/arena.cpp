@@ -67,6 +67,15 @@ Arena::~Arena() {
     if (owns_name_) Segment::remove(segment_.name());
 }
 
+void Arena::unlink() noexcept {
+    if (!std::exchange(owns_name_, false)) return;
+    try {
+        Segment::remove(segment_.name());
+    } catch (...) {
+        // Already gone (a cleaner, or a test): nothing to give back.
+    }
+}
+
 Arena Arena::create(const Names& names, const Uuid& owner, const Uuid& peer, ArenaOptions options) {
     return create(names.arena(owner, peer), owner, peer, options);
 }

@@ -155,6 +155,9 @@ public:
     std::span<std::byte> body(const CarveDescriptor& descriptor) const;
 
     const std::string& name() const noexcept;
+    /// Removes the arena's name now (the mapping stays valid until destruction): for an owner
+    /// whose peer is gone, so nothing is left in /dev/shm while handles still hold the arena.
+    void unlink() noexcept;
     std::size_t virtual_bytes() const noexcept;
     std::size_t pending_count() const noexcept { return pending_.size(); }
     std::size_t free_count() const noexcept;
