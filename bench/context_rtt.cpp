@@ -922,20 +922,7 @@ int main(int argc, char** argv) {
 
     // SIGINT/SIGTERM/SIGHUP stop the run between phases, so that every shared object is
     // removed (the harness's way; spawned processes get default dispositions back).
-    static std::atomic<bool> stop{false};
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    std::thread([set] {
-        int sig = 0;
-        if (sigwait(&set, &sig) == 0) {
-            stop.store(true, std::memory_order::relaxed);  // relaxed: polled between phases
-            std::fputs("shmctx_bench_context: stopping after the current phase\n", stderr);
-        }
-    }).detach();
+    const std::atomic<bool>& stop = b::stop_on_signals("shmctx_bench_context", "phase");
 
     try {
         const b::Config cfg = b::parse_config(args);

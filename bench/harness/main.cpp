@@ -15,25 +15,13 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "process.hpp"
 
 int main(int argc, char** argv) {
     std::vector<std::string_view> args(argv + 1, argv + argc);
     if (shmctx::bench::is_peer_invocation(args)) return shmctx::bench::peer_main(args);
 
-    static std::atomic<bool> stop{false};
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    std::thread([set] {
-        int sig = 0;
-        if (sigwait(&set, &sig) == 0) {
-            stop.store(true, std::memory_order::relaxed);  // relaxed: polled between runs
-            std::fputs("shmctx_perf_harness: stopping after the current run\n", stderr);
-        }
-    }).detach();
+    const std::atomic<bool>& stop = shmctx::bench::stop_on_signals("shmctx_perf_harness", "run");
 
     try {
         shmctx::bench::Options options = shmctx::bench::parse_options(args);

@@ -282,4 +282,22 @@ std::string git_commit(const std::string& source_dir) {
     return sha;
 }
 
+const std::atomic<bool>& stop_on_signals(const char* program, const char* unit) {
+    static std::atomic<bool> stop{false};
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    std::thread([set, program, unit] {
+        int sig = 0;
+        if (sigwait(&set, &sig) == 0) {
+            stop.store(true, std::memory_order::relaxed);  // relaxed: polled between runs
+            std::fprintf(stderr, "%s: stopping after the current %s\n", program, unit);
+        }
+    }).detach();
+    return stop;
+}
+
 }  // namespace shmctx::bench

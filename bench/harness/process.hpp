@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -89,5 +90,11 @@ void pin_to(int cpu);
 std::string cpu_model();
 /// `git rev-parse HEAD` in the source tree, or "unknown".
 std::string git_commit(const std::string& source_dir);
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (call it first in main, so every
+/// thread inherits the mask) and starts a detached thread that waits for one with sigwait,
+/// prints "<program>: stopping after the current <unit>" and sets the returned flag. The tools
+/// poll it between runs, so that an interrupted run still removes everything it created.
+const std::atomic<bool>& stop_on_signals(const char* program, const char* unit);
 
 }  // namespace shmctx::bench

@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "context_support.hpp"
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -48,6 +49,10 @@ namespace shmctx {
 namespace {
 
 using namespace std::chrono_literals;
+using test::body_must_not_run;
+using test::current_tid;
+using test::thread_state;
+using test::Watchdog;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
@@ -56,62 +61,8 @@ constexpr auto kDeadline = 20s;
 /// A whole test must finish within this, else the watchdog aborts the binary.
 constexpr auto kTestLimit = 120s;
 
-/// Aborts the process, naming the test, if the test is still running after `limit`: a hang in the
-/// runtime fails at once and never stalls the suite. (Our helpers then see stdin EOF and exit.)
-class Watchdog {
-public:
-    /// `on_hang` runs before the abort (e.g. removes the test's shared-memory objects).
-    Watchdog(std::chrono::seconds limit, std::function<void()> on_hang) {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        name_ = info != nullptr ? std::string(info->test_suite_name()) + "." + info->name()
-                                : std::string("<no test>");
-        thread_ = std::thread([this, limit, on_hang = std::move(on_hang)] {
-            std::unique_lock lock(m_);
-            if (!cv_.wait_for(lock, limit, [&] { return done_; })) {
-                std::fprintf(stderr, "watchdog: %s still running after %llds: hang, aborting\n",
-                             name_.c_str(), static_cast<long long>(limit.count()));
-                std::fflush(stderr);
-                if (on_hang) on_hang();
-                std::abort();
-            }
-        });
-    }
-    ~Watchdog() {
-        {
-            std::lock_guard lock(m_);
-            done_ = true;
-        }
-        cv_.notify_one();
-        thread_.join();
-    }
-    Watchdog(const Watchdog&) = delete;
-    Watchdog& operator=(const Watchdog&) = delete;
-
-private:
-    std::string name_;
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool done_ = false;  // guarded by m_
-    std::thread thread_;
-};
-
-/// Kernel scheduling state of one of our threads ('R', 'S', ...), or '?'.
-char thread_state(pid_t tid) {
-    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto paren = line.rfind(')');
-    return paren == std::string::npos || paren + 2 >= line.size() ? '?' : line[paren + 2];
-}
-
-pid_t current_tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
-
 bool exited_cleanly(const std::optional<int>& status) {
     return status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0;
-}
-
-auto body_must_not_run(std::atomic<bool>& ran) {
-    return [&ran](Context&, const Payload&) { ran = true; };
 }
 
 class ContextXproc : public ::testing::Test {

@@ -42,6 +42,7 @@
 #include <tuple>
 #include <vector>
 
+#include "context_support.hpp"
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -58,6 +59,10 @@ namespace shmctx {
 namespace {
 
 using namespace std::chrono_literals;
+using test::body_must_not_run;
+using test::current_tid;
+using test::thread_state;
+using test::Watchdog;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
@@ -67,45 +72,6 @@ constexpr auto kDeadline = 20s;
 constexpr auto kTestLimit = 90s;
 /// How long a child "blocks": far beyond kDeadline, so only a cancellation can end the wait early.
 constexpr auto kBlockForever = 60s;
-
-/// Aborts the process, naming the test, if the test is still running after `limit`. A hang in the
-/// runtime then fails at once and says where, and never stalls the suite.
-class Watchdog {
-public:
-    /// `on_hang` runs before the abort (e.g. removes the test's shared-memory objects).
-    Watchdog(std::chrono::seconds limit, std::function<void()> on_hang) {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        name_ = info != nullptr ? std::string(info->test_suite_name()) + "." + info->name()
-                                : std::string("<no test>");
-        thread_ = std::thread([this, limit, on_hang = std::move(on_hang)] {
-            std::unique_lock lock(m_);
-            if (!cv_.wait_for(lock, limit, [&] { return done_; })) {
-                std::fprintf(stderr, "watchdog: %s still running after %llds: hang, aborting\n",
-                             name_.c_str(), static_cast<long long>(limit.count()));
-                std::fflush(stderr);
-                if (on_hang) on_hang();
-                std::abort();
-            }
-        });
-    }
-    ~Watchdog() {
-        {
-            std::lock_guard lock(m_);
-            done_ = true;
-        }
-        cv_.notify_one();
-        thread_.join();
-    }
-    Watchdog(const Watchdog&) = delete;
-    Watchdog& operator=(const Watchdog&) = delete;
-
-private:
-    std::string name_;
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool done_ = false;  // guarded by m_
-    std::thread thread_;
-};
 
 /// Threads of this process that the library started (named "shmctx-..."). Sanitizer runtimes
 /// start threads of their own, so counting every task would depend on the build.
@@ -137,22 +103,6 @@ std::uint64_t link_bytes_allocated(const shm::Names& names) {
         }
     }
     return total;
-}
-
-/// Kernel scheduling state of one of our threads ('R', 'S', ...), or '?'.
-char thread_state(pid_t tid) {
-    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto paren = line.rfind(')');
-    return paren == std::string::npos || paren + 2 >= line.size() ? '?' : line[paren + 2];
-}
-
-pid_t current_tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
-
-/// A body for contexts whose body must never run (errors raised at entry).
-auto body_must_not_run(std::atomic<bool>& ran) {
-    return [&ran](Context&, const Payload&) { ran = true; };
 }
 
 /// Each test: its own namespace, a watchdog, and a check that the namespace is empty at the end
