@@ -160,7 +160,9 @@ private:
 
 /// An actor. Several may live in one process. The destructor shuts down in order: cancels
 /// running endpoints, closes links (peers' contexts fail with TransportClosed), joins its
-/// threads and removes its shared-memory objects.
+/// threads and removes its shared-memory objects. Parent bodies still running on other threads
+/// are cancelled too (their next wait ends with shmctx::Cancelled or TransportClosed): end them
+/// first.
 /// Thread-safety: thread-safe.
 class Actor {
 public:
