@@ -357,14 +357,22 @@ void ActorCore::helping(bool on) noexcept {
         if (helpers_.fetch_sub(1, std::memory_order::acq_rel) != 1) return;
         // The last helper out: the control loop may sleep unadvertised. Advertise for it, then
         // look once more ([wake.storeload] inside advertise_doorbell): a record published
-        // before a producer could see the advertisement is found here and rings the loop.
-        bool pending = false;
+        // before a producer could see the advertisement is found here. We read such records
+        // ourselves (a wake-up would cost the loop's thread a CPU that we are on anyway) and
+        // look again; only a ring that keeps filling is left to the loop, with a ring.
         const std::shared_ptr<const LinkList> links = links_snapshot();
-        for (const auto& link : *links) {
-            link->advertise_doorbell(true);
-            pending = pending || link->control_readable();
+        for (int round = 0;; ++round) {
+            bool pending = false;
+            for (const auto& link : *links) {
+                link->advertise_doorbell(true);
+                pending = pending || link->control_readable();
+            }
+            if (!pending) return;
+            if (round == 2 || !help_poll()) {
+                wake_control_loop();  // busy, or being read by someone else right now
+                return;
+            }
         }
-        if (pending) wake_control_loop();
     } catch (...) {
         wake_control_loop();  // allocation failure: let the loop sort it out
     }

@@ -110,11 +110,6 @@ void ContextState::post_scope_cancel(std::optional<Uid> canceller, std::string r
     }
 }
 
-bool ContextState::ship(
-    const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode) {
-    return link_->send(encode);
-}
-
 template <class Pred>
 bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& stop,
                                Deadline deadline) {

@@ -20,6 +20,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cancel_scope.hpp"
@@ -144,7 +145,10 @@ private:
     void post_scope_cancel(std::optional<Uid> canceller, std::string reason);
     /// The end of our inbound data as far as known (Stop/Return data_seq), or nullopt.
     std::optional<std::uint64_t> end_seq_locked() const noexcept;
-    bool ship(const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode);
+    template <class Encode>
+    bool ship(Encode&& encode) {
+        return link_->send(std::forward<Encode>(encode));
+    }
 
     std::shared_ptr<ActorCore> core_;
     std::shared_ptr<Link> link_;

@@ -168,20 +168,6 @@ bool Link::write_locked(std::span<const std::byte> record) {
     return true;
 }
 
-bool Link::send(const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode) {
-    bool queued = false;
-    {
-        const std::lock_guard lock(out_mu_);
-        if (out_broken_) return false;
-        const std::span<const std::byte> record = encode(encoder_);
-        if (!write_locked(record)) return false;
-        queued = !outbox_.empty();
-    }
-    // Something waits in the outbox: make sure the control loop looks at it.
-    if (queued && on_outbox_) on_outbox_();
-    return true;
-}
-
 shm::Carve Link::carve(std::size_t bytes) {
     const std::lock_guard lock(arena_mu_);
     (void)arena_.collect(state() == LinkState::dead);
@@ -199,7 +185,8 @@ void Link::release(const shm::CarveDescriptor& descriptor) noexcept {
 
 void Link::advertise_doorbell(bool sleeping) noexcept {
     if (!peer_attached()) return;
-    const std::lock_guard lock(in_mu_);
+    // No reader lock: advertise_wake_slot() stores only the shared cell's words (in_ itself is
+    // set once, before attached_), so it may run beside a thread that reads records.
     in_->advertise_wake_slot(sleeping ? std::optional<std::uint32_t>(doorbell_slot_)
                                       : std::nullopt);
 }

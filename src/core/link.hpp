@@ -112,9 +112,11 @@ public:
     }
 
     // ---- any thread ----
-    /// Encodes with the link's encoder and writes the record (or queues it in the outbox);
-    /// false when the link is no longer usable (the record was not sent).
-    bool send(const std::function<std::span<const std::byte>(wire::ControlEncoder&)>& encode);
+    /// Encodes with the link's encoder (`encode(ControlEncoder&)` returns the record) and
+    /// writes the record (or queues it in the outbox); false when the link is no longer usable
+    /// (the record was not sent). A template, not a std::function: no allocation per record.
+    template <class Encode>
+    bool send(Encode&& encode);
     /// Carves a data ring region from our arena (thread-safe); collects detached carves first.
     shm::Carve carve(std::size_t bytes);
     /// Gives a data-ring carve back (reused once the peer detached it, or the peer is dead).
@@ -160,6 +162,21 @@ private:
     std::optional<shm::RingReader> in_;         // set once by the control loop (attach)
     std::atomic<bool> attached_{false};         // [link.attach]
 };
+
+template <class Encode>
+bool Link::send(Encode&& encode) {
+    bool queued = false;
+    {
+        const std::lock_guard lock(out_mu_);
+        if (out_broken_) return false;
+        const std::span<const std::byte> record = encode(encoder_);
+        if (!write_locked(record)) return false;
+        queued = !outbox_.empty();
+    }
+    // Something waits in the outbox: make sure the control loop looks at it.
+    if (queued && on_outbox_) on_outbox_();
+    return true;
+}
 
 template <class Fn>
 std::size_t Link::read_control(Fn&& fn, std::size_t max, bool wait_for_lock) {

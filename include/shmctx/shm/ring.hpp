@@ -394,7 +394,8 @@ public:
     /// advertises `slot_index` of the consumer's table (nullopt withdraws it). The owner
     /// advertises before it sleeps, re-checks readable() (the fence below orders the two), and
     /// withdraws after it woke, so producers pay a wake only while it sleeps. Never combine
-    /// with wait_readable on the same reader.
+    /// with wait_readable on the same reader. Touches only the shared cell: safe beside a
+    /// thread that reads (maybe_readable() is the lock-free re-check).
     void advertise_wake_slot(std::optional<std::uint32_t> slot_index) noexcept {
         // relaxed (both): the producer reads the cell after its [wake.storeload] fence.
         header_->consumer.data_cell.mode.store(static_cast<std::uint32_t>(WaitMode::block),
