@@ -122,7 +122,8 @@ void ActorCore::expose(std::string fn, Endpoint endpoint, ExposeOptions options)
     if (fn.empty()) throw std::invalid_argument("expose: empty function name");
     if (!endpoint) throw std::invalid_argument("expose: empty endpoint for '" + fn + "'");
     const std::lock_guard lock(mu_);
-    endpoints_[std::move(fn)] = Exposed{std::move(endpoint), options};
+    endpoints_[std::move(fn)] =
+        std::make_shared<const Exposed>(Exposed{std::move(endpoint), options});
 }
 
 Cid ActorCore::next_cid() noexcept {
@@ -665,7 +666,7 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
             "Start of " + cid.to_string() + " names a caller other than the link's peer")));
         return;
     }
-    std::optional<Exposed> exposed;
+    std::shared_ptr<const Exposed> exposed;  // shared, not copied: a Start copies no function
     {
         const std::lock_guard lock(mu_);
         const auto it = endpoints_.find(fn);
@@ -692,10 +693,11 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
     (void)link->send([&](wire::ControlEncoder& enc) { return enc.start_ack(cid, own); });
     Payload args = Payload::copy(wire::from_fb(start.args()));
     SubmitRefusal why{};
-    const bool submitted =
-        pool_.try_submit([self = shared_from_this(), ctx, endpoint = std::move(exposed->endpoint),
-                          args = std::move(args)] { self->run_endpoint(ctx, endpoint, args); },
-                         &why);
+    const bool submitted = pool_.try_submit(
+        [self = shared_from_this(), ctx, exposed = std::move(exposed), args = std::move(args)] {
+            self->run_endpoint(ctx, exposed->endpoint, args);
+        },
+        &why);
     if (!submitted) {
         unregister_context(*ctx);
         if (why == SubmitRefusal::at_capacity) {

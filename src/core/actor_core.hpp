@@ -167,7 +167,7 @@ private:
     EndpointPool pool_;
 
     mutable std::mutex mu_;  // guards everything below up to links_cv_
-    std::unordered_map<std::string, Exposed> endpoints_;
+    std::unordered_map<std::string, std::shared_ptr<const Exposed>> endpoints_;
     std::unordered_map<Uuid, std::shared_ptr<Link>> links_;
     std::map<ContextKey, std::shared_ptr<ContextState>> contexts_;
     std::vector<std::function<void()>> posted_;

@@ -165,9 +165,9 @@ Outcome Portal::run_context(std::string_view fn, PayloadView args, const OpenOpt
                             const BodyFn& body) {
     auto st = open_parent(core_, *link_, fn, args, options);
     const FinishOnExit finish{*st};
-    Payload first;
+    const Payload* first = nullptr;
     try {
-        first = st->await_started();
+        first = &st->await_started();
     } catch (...) {
         // An error before started() is raised at entry. Anything else (an enclosing cancel)
         // leaves the remote task behind us: cancel it first (spec §3.5 step 2).
@@ -180,7 +180,7 @@ Outcome Portal::run_context(std::string_view fn, PayloadView args, const OpenOpt
     Context ctx = detail::ContextState::handle(st);
     std::exception_ptr body_error;
     try {
-        (void)detail::run_in_scope(st->scope(), [&] { body(ctx, first); });
+        (void)detail::run_in_scope(st->scope(), [&] { body(ctx, *first); });
     } catch (...) {
         body_error = std::current_exception();
     }

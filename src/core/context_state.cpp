@@ -144,8 +144,29 @@ bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& sto
         lock.lock();
         if (satisfied || pred()) return true;
     }
-    if (deadline.is_infinite()) return cv_.wait(lock, stop, pred);
-    return cv_.wait_until(lock, stop, deadline.at(), pred);
+    // Sleep. A stop request wakes us through a callback that notifies under our mutex (so it
+    // cannot fall between our check and our wait); it is registered without the mutex held,
+    // since it runs at once, on this thread, when the stop was already requested.
+    struct WakeOnStop {
+        ContextState* self;
+        void operator()() const noexcept {
+            { const Lock relock(self->mu_); }
+            self->cv_.notify_all();
+        }
+    };
+    std::optional<std::stop_callback<WakeOnStop>> on_stop;
+    if (stop.stop_possible()) {
+        lock.unlock();
+        on_stop.emplace(stop, WakeOnStop{this});
+        lock.lock();
+    }
+    const auto ready = [&] { return pred() || stop.stop_requested(); };
+    if (deadline.is_infinite()) {
+        cv_.wait(lock, ready);
+    } else {
+        (void)cv_.wait_until(lock, deadline.at(), ready);
+    }
+    return pred();
 }
 
 // ---- control loop ----
@@ -313,7 +334,7 @@ void ContextState::send_start(PayloadView args) {
     }
 }
 
-Payload ContextState::await_started() {
+const Payload& ContextState::await_started() {
     Lock lock(mu_);
     const std::stop_token stop = current_stop_token();
     const bool ready = wait_locked(
@@ -323,7 +344,8 @@ Payload ContextState::await_started() {
         lock.unlock();
         throw_cancelled();
     }
-    if (started_) return first_ ? *first_ : Payload{};
+    // first_ is set once, before started_, and never again: the reference stays valid.
+    if (started_) return *first_;
     const std::exception_ptr e = remote_error_ ? remote_error_ : transport_error_;
     if (!local_error_) local_error_ = e;
     lock.unlock();

@@ -78,7 +78,7 @@ public:
     void send_start(PayloadView args);
     /// Waits for Started (or a Return, which counts as an empty started()); raises an Error
     /// recorded before it, or the link loss. Waits observe the caller's scope.
-    Payload await_started();
+    const Payload& await_started();
     /// Portal::run: waits for the Return (Started only records the first value); raises the
     /// child's error; past `deadline` cancels the remote task and raises TimedOut.
     Payload run_result(Deadline deadline);
@@ -159,7 +159,7 @@ private:
     CancelScope scope_;
 
     mutable std::mutex mu_;
-    std::condition_variable_any cv_;
+    std::condition_variable cv_;  // state changes (notify() after the change, mutex released)
     // All below guarded by mu_ unless atomic.
     wire::ContextSettings peer_settings_;
     bool start_acked_ = false;

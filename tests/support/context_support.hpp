@@ -2,6 +2,7 @@
 // turns a hang into a named failure, and small probes. Header-only; needs shmctx_core.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -15,8 +16,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "shmctx/context.hpp"
 
