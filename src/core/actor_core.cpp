@@ -350,7 +350,7 @@ void ActorCore::helping(bool on) noexcept {
         if (on) {
             // [core.helpers] pairs with the control loop's helped(): it sleeps unadvertised.
             if (helpers_.fetch_add(1, std::memory_order::acq_rel) == 0) {
-                const std::shared_ptr<const LinkList> links = links_snapshot();
+                const std::shared_ptr<const LinkList> links = cached_links();
                 for (const auto& link : *links) link->advertise_doorbell(false);
             }
             return;
@@ -361,7 +361,7 @@ void ActorCore::helping(bool on) noexcept {
         // before a producer could see the advertisement is found here. We read such records
         // ourselves (a wake-up would cost the loop's thread a CPU that we are on anyway) and
         // look again; only a ring that keeps filling is left to the loop, with a ring.
-        const std::shared_ptr<const LinkList> links = links_snapshot();
+        const std::shared_ptr<const LinkList> links = cached_links();
         for (int round = 0;; ++round) {
             bool pending = false;
             for (const auto& link : *links) {
@@ -379,10 +379,10 @@ void ActorCore::helping(bool on) noexcept {
     }
 }
 
-bool ActorCore::help_poll() noexcept {
-    // The list is re-read only when it changed: help_poll runs in spin loops, and loading the
-    // shared pointer takes its lock and bumps its count (a cache line every helper writes).
-    // Weak: a thread-local must never keep an actor's links (and their arenas) alive.
+std::shared_ptr<const ActorCore::LinkList> ActorCore::cached_links() const {
+    // The list is re-read only when it changed: helpers run in spin loops, and reading it
+    // under list_mu_ would bounce that lock between them. Held weakly: a thread-local must
+    // never keep an actor's links (and their arenas) alive.
     struct Cursor {
         const ActorCore* core = nullptr;
         std::uint64_t version = 0;
@@ -399,6 +399,11 @@ bool ActorCore::help_poll() noexcept {
         cursor.core = this;
         cursor.version = version;
     }
+    return list;
+}
+
+bool ActorCore::help_poll() noexcept {
+    const std::shared_ptr<const LinkList> list = cached_links();
     const LinkList& links = *list;
     bool worked = false;
     for (const auto& link : links) {
@@ -690,7 +695,11 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
         ship_error(std::current_exception());
         return;
     }
-    (void)link->send([&](wire::ControlEncoder& enc) { return enc.start_ack(cid, own); });
+    // Deferred: the parent needs the StartAck only with the Started, Return or Error that
+    // follows it (it carries our inbound settings for data sent after Started), and every one
+    // of those publishes it. One publish (and fence) less on every context's critical path.
+    (void)link->send([&](wire::ControlEncoder& enc) { return enc.start_ack(cid, own); },
+                     shm::Publish::deferred);
     Payload args = Payload::copy(wire::from_fb(start.args()));
     SubmitRefusal why{};
     const bool submitted = pool_.try_submit(

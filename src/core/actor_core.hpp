@@ -150,6 +150,8 @@ private:
     using LinkList = std::vector<std::shared_ptr<Link>>;
     /// The links now, as an immutable list (no lock, no copy).
     std::shared_ptr<const LinkList> links_snapshot() const;
+    /// links_snapshot() through a per-thread cache checked against links_version_.
+    std::shared_ptr<const LinkList> cached_links() const;
     /// Publishes links_ as the list links_snapshot() returns; mu_ held.
     void publish_links_locked();
     void run_endpoint(const std::shared_ptr<ContextState>& ctx, const Endpoint& endpoint,

@@ -150,10 +150,10 @@ bool Link::flush() {
     return outbox_.empty();
 }
 
-bool Link::write_locked(std::span<const std::byte> record) {
+bool Link::write_locked(std::span<const std::byte> record, shm::Publish publish) {
     if (out_broken_) return false;
     if (outbox_.empty()) {
-        const shm::WriteResult r = out_.try_write(kControlRecordKind, record);
+        const shm::WriteResult r = out_.try_write(kControlRecordKind, record, 0, publish);
         if (r == shm::WriteResult::ok) return true;
         if (r != shm::WriteResult::full_bytes && r != shm::WriteResult::full_msgs) {
             // too_large cannot happen (records are capped far below a quarter of the ring);

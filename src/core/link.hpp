@@ -115,8 +115,10 @@ public:
     /// Encodes with the link's encoder (`encode(ControlEncoder&)` returns the record) and
     /// writes the record (or queues it in the outbox); false when the link is no longer usable
     /// (the record was not sent). A template, not a std::function: no allocation per record.
+    /// Publish::deferred leaves the record invisible until the next send publishes (the
+    /// ring's tail covers every record before it): for a record nobody waits for alone.
     template <class Encode>
-    bool send(Encode&& encode);
+    bool send(Encode&& encode, shm::Publish publish = shm::Publish::now);
     /// Carves a data ring region from our arena (thread-safe); collects detached carves first.
     shm::Carve carve(std::size_t bytes);
     /// Gives a data-ring carve back (reused once the peer detached it, or the peer is dead).
@@ -132,7 +134,7 @@ public:
 
 private:
     /// Under out_mu_: writes one record or queues it; returns false when the ring is broken.
-    bool write_locked(std::span<const std::byte> record);
+    bool write_locked(std::span<const std::byte> record, shm::Publish publish);
 
     Uid self_;
     shm::PeerActor peer_;
@@ -164,13 +166,13 @@ private:
 };
 
 template <class Encode>
-bool Link::send(Encode&& encode) {
+bool Link::send(Encode&& encode, shm::Publish publish) {
     bool queued = false;
     {
         const std::lock_guard lock(out_mu_);
         if (out_broken_) return false;
         const std::span<const std::byte> record = encode(encoder_);
-        if (!write_locked(record)) return false;
+        if (!write_locked(record, publish)) return false;
         queued = !outbox_.empty();
     }
     // Something waits in the outbox: make sure the control loop looks at it.
