@@ -147,8 +147,11 @@ private:
 
 /// One context's bidirectional stream. One-shot (a second open_stream() raises
 /// ClosedResourceError). The destructor closes it (sends Stop).
-/// Thread-safety: one sending and one receiving thread at a time; close() and closed() from
-/// either of them.
+/// Thread-safety: one sending and one receiving thread at a time; closed() from either;
+/// close() from the sending thread, or from the receiving thread while no send() runs (the
+/// Stop it sends counts the records sent before it).
+/// TODO(#5): close() from the receiving thread beside a running sender (the drainer needs the
+/// same hand-off).
 class MsgStream {
 public:
     MsgStream(MsgStream&& other) noexcept;

@@ -136,6 +136,13 @@ void ActorCore::register_context(const std::shared_ptr<ContextState>& ctx) {
     if (shutting_down_) {
         throw TransportClosed("actor " + uid_.to_string() + " is shutting down");
     }
+    // A Start dispatched by a helper may race the loss of its link: link_lost marks the link
+    // final before it takes mu_ to collect its contexts, so either we see it here or it sees us.
+    const LinkState link_state = ctx->link().state();
+    if (link_state != LinkState::up && link_state != LinkState::awaiting_peer) {
+        throw TransportClosed("the link to " + ctx->peer().to_string() + " is " +
+                              to_string(link_state));
+    }
     const auto [it, inserted] = contexts_.emplace(ContextKey{ctx->peer().uuid, ctx->cid()}, ctx);
     if (!inserted) {
         throw ProtocolError("context " + ctx->cid().to_string() + " with " +
@@ -497,12 +504,19 @@ bool ActorCore::pass() {
         posted.swap(posted_);
     }
     bool worked = !posted.empty();
-    for (auto& fn : posted) fn();
+    for (auto& fn : posted) {
+        try {
+            fn();
+        } catch (...) {
+            // One failing event (e.g. bad_alloc) must not lose the others, such as a death.
+            report_to_stderr("control loop event", std::current_exception());
+        }
+    }
     // [link.epoch] pairs with [link.epoch] in make_link(): a peer's arena exists before.
     const std::uint64_t epoch = record_.segment().links_epoch().load(std::memory_order::acquire);
     if (epoch != seen_epoch_) {
+        scan_links();  // if it throws, the same epoch is scanned again next pass
         seen_epoch_ = epoch;
-        scan_links();
         worked = true;
     }
     const std::shared_ptr<const LinkList> links = links_snapshot();  // keeps the list alive
@@ -650,7 +664,7 @@ void ActorCore::on_link_open(const std::shared_ptr<Link>& link, const wire::fb::
                                                   ": LinkOpen names " + sender.uuid.to_hex())));
         return;
     }
-    link->mark_up();
+    if (!link->mark_up()) return;  // lost meanwhile: connect() reports its failure
     {
         const std::lock_guard lock(mu_);  // connect() checks the state under mu_
     }

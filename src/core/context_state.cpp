@@ -166,6 +166,13 @@ bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& sto
     } else {
         (void)cv_.wait_until(lock, deadline.at(), ready);
     }
+    if (on_stop) {
+        // Deregistering waits for a callback running on another thread, which takes our
+        // mutex: never do it with the mutex held.
+        lock.unlock();
+        on_stop.reset();
+        lock.lock();
+    }
     return pred();
 }
 
@@ -361,7 +368,11 @@ Payload ContextState::run_result(Deadline deadline) {
     const bool ready = wait_locked(lock, done, stop, deadline);
     if (!ready) {
         lock.unlock();
-        if (stop.stop_requested()) throw_cancelled();
+        if (stop.stop_requested()) {
+            // An enclosing cancel leaves; the remote task must not run on behind us.
+            cancel_quietly();
+            throw_cancelled();
+        }
         cancel(std::chrono::milliseconds(616));
         throw TimedOut("'" + fn_ + "' on " + peer().to_string() + " did not return in time (" +
                        cid_.to_string() + "); the remote task was cancelled");
@@ -770,6 +781,14 @@ std::optional<std::uint64_t> ContextState::end_seq_locked() const noexcept {
 }
 
 ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_ptr& error) {
+    // [ctx.blockers]: closed by us (close() or the context's end) comes first: no more reads,
+    // and after finish() the carve is detached and must not be touched at all.
+    if ((blockers_.load(std::memory_order::acquire) & kBlockClosed) != 0) {
+        const Lock lock(mu_);
+        if (holding_ && !finished_) in_->release();
+        holding_ = false;
+        return Poll::closed;
+    }
     if (holding_) {
         in_->release();
         holding_ = false;

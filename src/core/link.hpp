@@ -105,7 +105,14 @@ public:
     bool control_readable() const noexcept;
     /// Writes outbox records while the ring has room; true when the outbox is empty.
     bool flush();
-    void mark_up() noexcept { state_.store(LinkState::up, std::memory_order::release); }
+    /// awaiting_peer -> up; false (and no change) once the link reached a final state.
+    bool mark_up() noexcept {
+        LinkState expected = LinkState::awaiting_peer;
+        // [link.final]: acq_rel, so a final state set meanwhile (with its failure) is seen.
+        return state_.compare_exchange_strong(expected, LinkState::up,
+                                              std::memory_order::acq_rel) ||
+               expected == LinkState::up;
+    }
     /// The peer's arena (attached), for data-ring attach/detach.
     const shm::ArenaView* peer_arena() const noexcept {
         return peer_arena_ ? &*peer_arena_ : nullptr;
