@@ -149,9 +149,8 @@ private:
 /// ClosedResourceError). The destructor closes it (sends Stop).
 /// Thread-safety: one sending and one receiving thread at a time; closed() from either;
 /// close() from the sending thread, or from the receiving thread while no send() runs (the
-/// Stop it sends counts the records sent before it).
-/// TODO(#5): close() from the receiving thread beside a running sender (the drainer needs the
-/// same hand-off).
+/// Stop it sends counts the records sent before it; a close() racing a send() on another
+/// thread could count one record too few).
 class MsgStream {
 public:
     MsgStream(MsgStream&& other) noexcept;
