@@ -140,6 +140,8 @@ void ActorCore::register_context(const std::shared_ptr<ContextState>& ctx) {
     // final before it takes mu_ to collect its contexts, so either we see it here or it sees us.
     const LinkState link_state = ctx->link().state();
     if (link_state != LinkState::up && link_state != LinkState::awaiting_peer) {
+        // The link's own reason first (PeerDied for a dead peer, the LinkClose text, ...).
+        if (const std::exception_ptr why = ctx->link().failure()) std::rethrow_exception(why);
         throw TransportClosed("the link to " + ctx->peer().to_string() + " is " +
                               to_string(link_state));
     }
