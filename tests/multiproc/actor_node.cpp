@@ -26,6 +26,7 @@
 #include "shmctx/actor.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/spawner.hpp"
+#include "until_cancelled.hpp"
 
 namespace {
 
@@ -88,8 +89,8 @@ void expose_relay(Actor& actor, const std::string& peer) {
     actor.expose("relay", [&actor, peer](Context& ctx, const Payload&) {
         ctx.started();
         Portal to_peer = actor.connect(peer);
-        to_peer.open_context("boom", {},
-                             [](Context& inner, const Payload&) { inner.sleep_for(60s); });
+        to_peer.open_context(
+            "boom", {}, [](Context& inner, const Payload&) { test::until_cancelled(inner, 60s); });
         return Payload::value("relay returned");
     });
 }

@@ -15,6 +15,7 @@
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
+#include "until_cancelled.hpp"
 
 namespace shmctx {
 namespace {
@@ -170,7 +171,7 @@ TEST(ActorRuntime, PeerShutdownFailsItsContextsWithTransportClosed) {
     b->expose("wait", [&](Context& ctx, const Payload&) {
         ctx.started();
         entered.count_down();
-        ctx.sleep_for(std::chrono::hours(1));  // until b shuts down
+        test::until_cancelled(ctx, 60s);  // until b shuts down
         return Payload{};
     });
     Portal p = a.connect("b", 5s);

@@ -48,6 +48,7 @@
 #include "shmctx/actor.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/payload.hpp"
+#include "until_cancelled.hpp"
 
 namespace shmctx {
 
@@ -263,7 +264,7 @@ TEST_F(ContextTest, StartedTwiceInterruptsTheParentsSleepWithBoxedInvalidOperati
             EXPECT_TRUE(first.empty());
             parent_sleeping = true;
             try {
-                ctx.sleep_for(kBlockForever / 2);
+                test::until_cancelled(ctx, kBlockForever / 2);
             } catch (const Cancelled&) {
                 sleep_interrupted = true;
                 throw;
@@ -675,7 +676,7 @@ TEST_F(ContextTest, ErrorRelayedOverTwoHopsKeepsItsSource) {
         Portal to_c = b.connect("c");
         to_c.open_context("boom", {}, [&](Context& inner, const Payload&) {
             try {
-                inner.sleep_for(kBlockForever);
+                test::until_cancelled(inner, kBlockForever);
             } catch (const Cancelled&) {
                 b_body_interrupted = true;
                 throw;
@@ -757,7 +758,7 @@ TEST_F(ContextTest, BodyErrorPropagatesUnchangedAndCancelsTheChild) {
         ctx.started();
         try {
             child_sleeping = true;
-            ctx.sleep_for(kBlockForever);
+            test::until_cancelled(ctx, kBlockForever);
         } catch (const Cancelled&) {
             child_cancelled = true;
             throw;
@@ -879,7 +880,7 @@ TEST_F(ContextTest, RunPastItsDeadlineCancelsTheChildAndTimesOut) {
     std::atomic<bool> child_cancelled{false};
     child.expose("block", [&](Context& ctx, const Payload&) -> Payload {
         try {
-            ctx.sleep_for(kBlockForever);
+            test::until_cancelled(ctx, kBlockForever);
         } catch (const Cancelled&) {
             child_cancelled = true;
             throw;
