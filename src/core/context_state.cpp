@@ -182,7 +182,6 @@ void ContextState::on_start_ack(const wire::ContextSettings& peer_settings) {
     {
         const Lock lock(mu_);
         peer_settings_ = peer_settings;
-        start_acked_ = true;
     }
     notify();
 }

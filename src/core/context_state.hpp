@@ -58,7 +58,6 @@ public:
     CancelScope& scope() noexcept { return scope_; }
     const CancelScope& scope() const noexcept { return scope_; }
     Link& link() const noexcept { return *link_; }
-    const wire::ContextSettings& own_settings() const noexcept { return own_; }
 
     // ---- control loop: records what arrived (never blocks) ----
     void on_start_ack(const wire::ContextSettings& peer_settings);
@@ -162,7 +161,6 @@ private:
     std::condition_variable cv_;  // state changes (notify() after the change, mutex released)
     // All below guarded by mu_ unless atomic.
     wire::ContextSettings peer_settings_;
-    bool start_acked_ = false;
     bool started_ = false;  // parent: Started (or Return) received; child: started() called
     std::optional<Payload> first_;
     std::optional<Payload> result_;

@@ -198,9 +198,4 @@ bool Link::control_readable() const noexcept {
     return peer_attached() && in_->maybe_readable();
 }
 
-std::size_t Link::outbox_depth() const {
-    const std::lock_guard lock(out_mu_);
-    return outbox_.size();
-}
-
 }  // namespace shmctx::detail

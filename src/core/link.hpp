@@ -130,8 +130,7 @@ public:
     shm::Carve carve(std::size_t bytes);
     /// Gives a data-ring carve back (reused once the peer detached it, or the peer is dead).
     void release(const shm::CarveDescriptor& descriptor) noexcept;
-    /// Records queued in the outbox now / ever.
-    std::size_t outbox_depth() const;
+    /// Records that ever had to wait in the outbox (the counters of the tools issue read it).
     std::uint64_t outbox_total() const noexcept {
         return outbox_total_.load(std::memory_order::relaxed);
     }

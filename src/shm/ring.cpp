@@ -287,11 +287,8 @@ void RingReader::wake_producer() noexcept {
 
 WaitStatus RingReader::wait_readable(Waiter& waiter, const Deadline& deadline,
                                      const std::stop_token& stop, WaitPolicy policy) {
-    const auto readable = [&]() noexcept {
-        return failed_ || position_ != cached_tail_ || refresh_tail() || failed_;
-    };
-    if (readable()) return WaitStatus::ready;
-    return waiter.wait(header_->consumer.data_cell, readable, deadline, stop, policy);
+    return wait_readable_or(
+        waiter, [] { return false; }, deadline, stop, policy);
 }
 
 void RingReader::set_capacity_msgs(std::uint32_t capacity) noexcept {

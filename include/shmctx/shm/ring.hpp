@@ -392,8 +392,8 @@ public:
     /// For a reader whose thread waits on one wake slot for many things at once (the control
     /// loop's doorbell, DESIGN.md §3): puts the data cell in block mode for good and
     /// advertises `slot_index` of the consumer's table (nullopt withdraws it). The owner
-    /// advertises before it sleeps, re-checks readable() (the fence below orders the two), and
-    /// withdraws after it woke, so producers pay a wake only while it sleeps. Never combine
+    /// advertises before it sleeps, re-checks maybe_readable() (the fence below orders the two),
+    /// and withdraws after it woke, so producers pay a wake only while it sleeps. Never combine
     /// with wait_readable on the same reader. Touches only the shared cell: safe beside a
     /// thread that reads (maybe_readable() is the lock-free re-check).
     void advertise_wake_slot(std::optional<std::uint32_t> slot_index) noexcept {
@@ -404,9 +404,6 @@ public:
                                                  std::memory_order::relaxed);
         if (slot_index) storeload_fence();  // [wake.storeload] pairs with wake_cell()'s
     }
-    /// A record is committed beyond what was read (or the ring is broken): try_read would not
-    /// return empty.
-    bool readable() noexcept { return failed_ || position_ != cached_tail_ || refresh_tail(); }
     /// A hint, safe from any thread (it reads only the shared words): the producer's tail is
     /// not the released head, so something is unread (or held). For threads that poll a ring
     /// another thread reads (under a lock) before they take that lock.
