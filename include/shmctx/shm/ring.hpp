@@ -387,7 +387,15 @@ public:
             return failed_ || position_ != cached_tail_ || refresh_tail() || failed_ || also();
         };
         if (ready()) return WaitStatus::ready;
-        return waiter.wait(header_->consumer.data_cell, ready, deadline, stop, policy);
+        const WaitStatus status =
+            waiter.wait(header_->consumer.data_cell, ready, deadline, stop, policy);
+        // relaxed: back to "nobody waits", so the producer's publishes skip the [wake.storeload]
+        // fence and the wake check again (a fence per message otherwise, for good, after one
+        // blocking read); the next wait switches back and Waiter bounds its first futex wait
+        // for the window (wake.hpp), as RingWriter::wait_writable does for the space cell.
+        header_->consumer.data_cell.mode.store(static_cast<std::uint32_t>(WaitMode::busy_spin),
+                                               std::memory_order::relaxed);
+        return status;
     }
     /// For a reader whose thread waits on one wake slot for many things at once (the control
     /// loop's doorbell, DESIGN.md §3): puts the data cell in block mode for good and
