@@ -51,6 +51,7 @@ enum class Errc : int {
     peer_died,           ///< the peer process died (kernel evidence), a transport_closed
     timed_out,           ///< a call's deadline passed (Portal::run)
     not_exposed,         ///< the peer has no endpoint of that name
+    lagged,              ///< a stream subscriber fell behind the fan-out buffer and lost messages
 };
 
 const std::error_category& error_category() noexcept;
@@ -142,6 +143,19 @@ public:
 private:
     std::size_t size_bytes_;
     std::size_t cap_bytes_;
+};
+
+/// Raised once by Subscription::receive() (MsgStream::subscribe) when the subscriber fell more
+/// than SubscribeOptions::capacity messages behind: the fan-out buffer overwrote `missed()`
+/// messages it had not read. The next receive continues with the oldest message still buffered.
+class Lagged : public Error {
+public:
+    explicit Lagged(std::uint64_t missed);
+    /// How many messages this subscriber lost (never 0).
+    std::uint64_t missed() const noexcept { return missed_; }
+
+private:
+    std::uint64_t missed_;
 };
 
 /// The link to a peer is gone: an orderly close by the peer, or (as PeerDied) its death. Every

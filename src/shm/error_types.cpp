@@ -28,6 +28,11 @@ PayloadTooLarge::PayloadTooLarge(std::string_view what_value, std::size_t size_b
       size_bytes_(size_bytes),
       cap_bytes_(cap_bytes) {}
 
+Lagged::Lagged(std::uint64_t missed)
+    : Error(Errc::lagged, "Lagged: the subscriber fell behind and lost " + std::to_string(missed) +
+                              (missed == 1 ? " message" : " messages")),
+      missed_(missed) {}
+
 std::string_view to_string(OverrunLimit limit) noexcept {
     switch (limit) {
         case OverrunLimit::messages:
@@ -160,6 +165,7 @@ public:
         add(typeid(TransportClosed), "TransportClosed");
         add(typeid(PeerDied), "PeerDied");
         add(typeid(StreamOverrun), "StreamOverrun");
+        add(typeid(Lagged), "Lagged");
         add(typeid(RemoteActorError), "RemoteActorError");
         add(typeid(ContextCancelled), "ContextCancelled");
     }

@@ -50,6 +50,8 @@ public:
                 return "timed out";
             case Errc::not_exposed:
                 return "not exposed";
+            case Errc::lagged:
+                return "lagged";
         }
         return "unknown shmctx error";
     }
