@@ -8,6 +8,7 @@
 // stream only after the data sent before them (`data_seq`).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -27,7 +28,10 @@ namespace shmctx {
 namespace detail {
 class ContextState;
 class StreamState;
+class SubscriptionHub;
 }  // namespace detail
+
+class Subscription;  // shmctx/subscription.hpp (included at the end of this header)
 
 /// Context states (tractor spec §2.6); `to_string` gives tractor's names.
 enum class State : std::uint8_t {
@@ -108,6 +112,7 @@ enum class [[nodiscard]] RecvStatus : std::uint8_t{
     empty,           ///< nothing yet
     end_of_channel,  ///< the stream ended: no more messages will come
     peer_error,      ///< the context failed: receive() raises the error
+    lagged,          ///< Subscription only: messages were lost to lag (see Subscription::lost())
 };
 std::string_view to_string(RecvStatus s) noexcept;
 
@@ -145,12 +150,20 @@ private:
     PayloadView view_;
 };
 
+/// MsgStream::subscribe() settings (shmctx/subscription.hpp).
+struct SubscribeOptions {
+    /// How many of the latest messages the stream's fan-out buffer keeps (at least 1): a
+    /// subscriber more than this many messages behind loses the oldest ones (Lagged). Only the
+    /// first subscribe() of a stream sizes the buffer; later calls join it and ignore this.
+    std::size_t capacity = 1024;
+};
+
 /// One context's bidirectional stream. One-shot (a second open_stream() raises
 /// ClosedResourceError). The destructor closes it (sends Stop).
 /// Thread-safety: one sending and one receiving thread at a time; closed() from either;
 /// close() from the sending thread, or from the receiving thread while no send() runs (the
 /// Stop it sends counts the records sent before it; a close() racing a send() on another
-/// thread could count one record too few).
+/// thread could count one record too few). subscribe() from any thread (see there).
 class MsgStream {
 public:
     MsgStream(MsgStream&& other) noexcept;
@@ -181,6 +194,15 @@ public:
     /// Largest message send() accepts (a quarter of the data ring).
     std::size_t max_message_bytes() const noexcept;
 
+    /// Local fan-out (shmctx/subscription.hpp): a new reader of this stream's inbound messages
+    /// that receives, in stream order, every message arriving after this call. The first call
+    /// creates the stream's fan-out buffer, which becomes the stream's only receiver: from then
+    /// on receive(), receive_for() and range-for on this MsgStream raise InvalidOperation and
+    /// try_receive() returns peer_error; sending is unaffected. Later calls, from any thread,
+    /// join the same buffer. The first call must not race a receive on this MsgStream.
+    /// std::invalid_argument for a capacity of 0.
+    Subscription subscribe(SubscribeOptions options = {});
+
     /// Range-for over received messages; ends at EndOfChannel without throwing.
     class iterator {
     public:
@@ -207,7 +229,12 @@ public:
 private:
     friend class Context;
     explicit MsgStream(std::shared_ptr<detail::ContextState> state) noexcept;
+    /// InvalidOperation once subscribe() took over receiving.
+    void check_not_subscribed() const;
     std::shared_ptr<detail::ContextState> state_;
+    // The fan-out hub, set once by the first subscribe() (compare-exchange; the pointee never
+    // changes after that) and deleted with the MsgStream.
+    std::atomic<std::shared_ptr<detail::SubscriptionHub>*> hub_{nullptr};
 };
 
 /// One side of a context. Accessors, cancel() and wait_for_result() may be called from any
@@ -275,3 +302,6 @@ private:
 };
 
 }  // namespace shmctx
+
+// Subscription needs the declarations above; it includes this header (a no-op here).
+#include "shmctx/subscription.hpp"  // IWYU pragma: export

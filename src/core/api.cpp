@@ -68,6 +68,8 @@ std::string_view to_string(RecvStatus s) noexcept {
             return "end_of_channel";
         case RecvStatus::peer_error:
             return "peer_error";
+        case RecvStatus::lagged:
+            return "lagged";
     }
     return "unknown";
 }
@@ -243,7 +245,10 @@ std::stop_token Context::stop_token() const noexcept { return state_->scope().st
 MsgStream::MsgStream(std::shared_ptr<detail::ContextState> state) noexcept
     : state_(std::move(state)) {}
 
-MsgStream::MsgStream(MsgStream&& other) noexcept = default;
+// relaxed (hub_): moving a MsgStream is not concurrent with any other use of either object.
+MsgStream::MsgStream(MsgStream&& other) noexcept
+    : state_(std::move(other.state_)),
+      hub_(other.hub_.exchange(nullptr, std::memory_order::relaxed)) {}
 
 MsgStream& MsgStream::operator=(MsgStream&& other) noexcept {
     if (this != &other) {
@@ -255,16 +260,30 @@ MsgStream& MsgStream::operator=(MsgStream&& other) noexcept {
             }
         }
         state_ = std::move(other.state_);
+        // The subscriptions keep their hub; this stream's reference to it goes.
+        delete hub_.exchange(other.hub_.exchange(nullptr, std::memory_order::relaxed),
+                             std::memory_order::relaxed);
     }
     return *this;
 }
 
 MsgStream::~MsgStream() {
+    // The subscriptions keep the hub (and the context's state) alive: after the close below
+    // they read what the hub buffered, then EndOfChannel.
+    delete hub_.load(std::memory_order::relaxed);  // relaxed: nobody else uses us now
     if (!state_) return;
     try {
         state_->close_stream();
     } catch (...) {
         // A destructor never throws; the context's end closes the stream anyway.
+    }
+}
+
+void MsgStream::check_not_subscribed() const {
+    // [sub.hub] pairs with [sub.hub] in subscribe() (acquire: orders this check after it).
+    if (hub_.load(std::memory_order::acquire) != nullptr) {
+        throw InvalidOperation(
+            "receive on a MsgStream after subscribe(): the subscriptions receive its messages");
     }
 }
 
@@ -278,13 +297,21 @@ SendStatus MsgStream::try_send(PayloadView message) noexcept {
     }
 }
 
-Message MsgStream::receive() { return *state_->receive(Deadline::never(), true); }
+Message MsgStream::receive() {
+    check_not_subscribed();
+    return *state_->receive(Deadline::never(), true);
+}
 
 std::optional<Message> MsgStream::receive_for(Duration timeout) {
+    check_not_subscribed();
     return state_->receive(Deadline(timeout), true);
 }
 
-RecvStatus MsgStream::try_receive(Message& out) noexcept { return state_->try_receive(out); }
+RecvStatus MsgStream::try_receive(Message& out) noexcept {
+    // [sub.hub] as in check_not_subscribed(); receive() then raises InvalidOperation.
+    if (hub_.load(std::memory_order::acquire) != nullptr) return RecvStatus::peer_error;
+    return state_->try_receive(out);
+}
 
 void MsgStream::close() { state_->close_stream(); }
 bool MsgStream::closed() const noexcept {
