@@ -5,6 +5,8 @@
 #include <new>
 #include <utility>
 
+#include "shmctx/shm/fault.hpp"
+
 namespace shmctx::detail {
 
 // ============================== OutboundStream ==============================
@@ -51,6 +53,7 @@ OutboundStream::SpillResult OutboundStream::enqueue(SpillItem item, OverflowDrai
     // sees this count before it leaves the stream, or we see scheduled_ == false and hand the
     // stream to it again.
     enqueued_shared_.store(enqueued_, std::memory_order::seq_cst);
+    (void)SHMCTX_FAULT_POINT("spill.before_schedule");
     if (!scheduled_.exchange(true, std::memory_order::seq_cst)) {
         if (!drainer.schedule(shared_from_this())) {
             // The drainer stopped (the actor shuts down): nobody else holds the ring.
@@ -104,6 +107,7 @@ void OutboundStream::settle(std::uint64_t written, std::uint64_t discarded) noex
         discarded_.store(total, std::memory_order::release);
         ring_.count_spill_discarded(total);
     }
+    (void)SHMCTX_FAULT_POINT("spill.before_settle");
     settled_local_ += written + discarded;
     // [spill.settle] pairs with the acquire in spill_empty(); seq_cst also for [spill.waiters].
     settled_.store(settled_local_, std::memory_order::seq_cst);
@@ -120,6 +124,7 @@ OutboundStream::Drain OutboundStream::drain_some(std::size_t budget, std::size_t
             SpillItem item;
             if (!queue_.try_dequeue_from_producer(token_, item)) break;
             held_.emplace(std::move(item));
+            (void)SHMCTX_FAULT_POINT("spill.after_dequeue");
         }
         const std::uint32_t size = held_->size;
         if (discarding()) {
@@ -161,6 +166,7 @@ OutboundStream::Drain OutboundStream::drain_some(std::size_t budget, std::size_t
     if (result != Drain::idle) return result;
     // [spill.schedule] pairs with the seq_cst store + exchange in enqueue().
     scheduled_.store(false, std::memory_order::seq_cst);
+    (void)SHMCTX_FAULT_POINT("spill.after_unschedule");
     if (enqueued_shared_.load(std::memory_order::seq_cst) != settled_local_ &&
         !scheduled_.exchange(true, std::memory_order::seq_cst)) {
         return Drain::more;  // more arrived meanwhile and it is still ours
