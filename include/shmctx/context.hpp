@@ -22,13 +22,31 @@
 #include "shmctx/errors.hpp"
 #include "shmctx/ids.hpp"
 #include "shmctx/payload.hpp"
+#include "shmctx/shm/ring.hpp"
 
 namespace shmctx {
+
+class Message;
 
 namespace detail {
 class ContextState;
 class StreamState;
 class SubscriptionHub;
+/// A non-owning reference to a fill callable: writes a payload into the span it gets and
+/// returns the bytes used.
+struct FillRef {
+    void* object;
+    std::size_t (*call)(void* object, std::span<std::byte> buffer);
+    std::size_t operator()(std::span<std::byte> buffer) const { return call(object, buffer); }
+    /// What `call` returns when the callable threw: the message is abandoned, not sent.
+    static constexpr std::size_t kAbandoned = static_cast<std::size_t>(-1);
+};
+/// A non-owning reference to a callable taking `const Message&`.
+struct MessageSink {
+    void* object;
+    void (*call)(void* object, const Message& message);
+    void operator()(const Message& message) const { call(object, message); }
+};
 }  // namespace detail
 
 class Subscription;  // shmctx/subscription.hpp (included at the end of this header)
@@ -85,19 +103,41 @@ private:
     bool absorbed_cancel_ = false;
 };
 
-/// Per-stream settings (DESIGN.md §4.1, §4.2). They describe *our inbound* direction: how
-/// many messages our receive buffer holds and whether the peer may overrun us.
+/// What send() does when the receiver's ring is full and the receiver does not allow overruns
+/// (DESIGN.md §4.2).
+enum class OnFull : std::uint8_t {
+    raise,  ///< StreamOverrun at once (tractor parity); the message is not sent
+    block,  ///< wait for space, cancellably, up to StreamOptions::block_timeout
+};
+
+/// Per-stream settings (DESIGN.md §4.1, §4.2, §4.9). `allow_overruns`, `msg_buffer_size` and
+/// `copy_on_receive` describe *our inbound* direction; `on_full`, `block_timeout` and the spill
+/// caps our sending.
 struct StreamOptions {
-    /// Overwrites the context's declaration for our inbound ring; unset keeps it.
+    /// Overwrites the context's declaration for our inbound ring ("the peer may overrun me: it
+    /// spills instead of failing"); unset keeps it.
     std::optional<bool> allow_overruns;
     /// Resizes our inbound ring's message capacity in place; 0 keeps it.
     std::uint32_t msg_buffer_size = 0;
+    /// Our send() into a full ring of a receiver that does not allow overruns.
+    OnFull on_full = OnFull::raise;
+    /// on_full = block: StreamOverrun (limit block_timeout) after this; unset waits until space,
+    /// the peer's end or cancellation.
+    std::optional<Duration> block_timeout;
+    /// Our spill (receiver allows overruns) holds at most this many messages / payload bytes
+    /// now; past either, on_full applies (limit spill_cap).
+    std::uint64_t spill_cap_msgs = std::uint64_t{1} << 20;
+    std::uint64_t spill_cap_bytes = std::uint64_t{256} << 20;
+    /// receive() returns messages copied out of the ring (valid after the next receive; the
+    /// ring slot is freed at once) instead of zero-copy views.
+    bool copy_on_receive = false;
 };
 
 /// What try_send did. Never an exception; `send` turns the failures into errors.
 enum class [[nodiscard]] SendStatus : std::uint8_t{
     ok,            ///< written to the peer's inbound ring
-    full,          ///< the ring is full and the receiver does not allow overruns
+    spilled,       ///< queued in our spill (the receiver allows overruns); delivered in order
+    full,          ///< the ring (or our spill) is full; on_full was not applied
     peer_stopped,  ///< the peer closed its side (Stop or consumer_closed): EndOfChannel
     closed,        ///< our stream is closed
     cancelled,     ///< our scope is cancelled
@@ -141,12 +181,17 @@ public:
         return to_payload().value<T>();
     }
     Payload to_payload() const { return Payload::copy(view_); }
+    /// The message owns its bytes (StreamOptions::copy_on_receive): valid as long as it lives.
+    bool owned() const noexcept { return owned_ != nullptr; }
 
 private:
     friend class MsgStream;
     friend class detail::ContextState;
     explicit Message(PayloadView view) noexcept : view_(view) {}
+    explicit Message(std::shared_ptr<const Payload> owned) noexcept
+        : owned_(std::move(owned)), view_(owned_->view()) {}
     [[noreturn]] static void throw_not_flatbuffer();
+    std::shared_ptr<const Payload> owned_;  // copy_on_receive only
     PayloadView view_;
 };
 
@@ -177,8 +222,23 @@ public:
     /// TransportClosed/PeerDied when the link is gone, StreamOverrun when the receiver's
     /// ring is full (it declared no overruns), PayloadTooLarge beyond max_message_bytes().
     void send(PayloadView message);
-    /// Never blocks or throws.
+    /// Never blocks or throws: ok, spilled (queued behind earlier ones for a receiver that
+    /// allows overruns), or why not (on_full is not applied: `full` instead).
     SendStatus try_send(PayloadView message) noexcept;
+    /// Builds the message in place (no copy on the direct path): `fill(std::span<std::byte>)`
+    /// gets `max_bytes` of space (in the ring, or in a spill buffer) and returns the bytes it
+    /// used (at most `max_bytes`). Statuses as try_send (fill is not called when the status is
+    /// not ok/spilled); if fill throws, the message is abandoned and the exception propagates.
+    template <class Fill>
+    SendStatus try_send_with(std::size_t max_bytes, Fill&& fill,
+                             PayloadKind kind = PayloadKind::bytes) {
+        return send_filled(max_bytes, std::forward<Fill>(fill), kind, false);
+    }
+    /// As try_send_with, with send()'s errors and on_full.
+    template <class Fill>
+    void send_with(std::size_t max_bytes, Fill&& fill, PayloadKind kind = PayloadKind::bytes) {
+        (void)send_filled(max_bytes, std::forward<Fill>(fill), kind, true);
+    }
     /// The next message, waiting for it (cancellably: the caller's cancel scope).
     /// EndOfChannel once the peer's Stop (after all its earlier data) or our close ended it;
     /// the context's remote error as soon as it is recorded.
@@ -187,6 +247,20 @@ public:
     std::optional<Message> receive_for(Duration timeout);
     /// Never blocks; on `peer_error` call receive() to get the error.
     RecvStatus try_receive(Message& out) noexcept;
+    /// Batch read: waits for the first message as receive() does (same errors, EndOfChannel at
+    /// the end), then calls `f(const Message&)` for it and every message available now, up to
+    /// `max`, and releases them together (one head store). Views are valid only inside `f`.
+    /// Returns how many `f` got. If `f` throws, the messages up to the one it threw on count as
+    /// consumed.
+    template <class F>
+    std::size_t drain(F&& f, std::size_t max) {
+        auto thunk = [](void* object, const Message& m) { (*static_cast<F*>(object))(m); };
+        return drain_into(detail::MessageSink{static_cast<void*>(&f), thunk}, max);
+    }
+    /// Counters of the ring we send on (zeros before our first send) and of the one we read
+    /// (zeros before the peer's first send); the same words `shmctx ls` reads from outside.
+    shm::RingCounters outbound_counters() const;
+    shm::RingCounters inbound_counters() const;
     /// Sends Stop (idempotent) and ends our receiving: later receive() and send() raise
     /// EndOfChannel.
     void close();
@@ -197,10 +271,10 @@ public:
     /// Local fan-out (shmctx/subscription.hpp): a new reader of this stream's inbound messages
     /// that receives, in stream order, every message arriving after this call. The first call
     /// creates the stream's fan-out buffer, which becomes the stream's only receiver: from then
-    /// on receive(), receive_for() and range-for on this MsgStream raise InvalidOperation and
-    /// try_receive() returns peer_error; sending is unaffected. Later calls, from any thread,
-    /// join the same buffer. The first call must not race a receive on this MsgStream.
-    /// std::invalid_argument for a capacity of 0.
+    /// on receive(), receive_for(), drain() and range-for on this MsgStream raise
+    /// InvalidOperation and try_receive() returns peer_error; sending is unaffected. Later calls,
+    /// from any thread, join the same buffer. The first call must not race a receive on this
+    /// MsgStream. std::invalid_argument for a capacity of 0.
     Subscription subscribe(SubscribeOptions options = {});
 
     /// Range-for over received messages; ends at EndOfChannel without throwing.
@@ -231,6 +305,28 @@ private:
     explicit MsgStream(std::shared_ptr<detail::ContextState> state) noexcept;
     /// InvalidOperation once subscribe() took over receiving.
     void check_not_subscribed() const;
+    template <class Fill>
+    SendStatus send_filled(std::size_t max_bytes, Fill&& fill, PayloadKind kind, bool raise) {
+        struct Closure {
+            Fill* fill;
+            std::exception_ptr error;
+        } closure{&fill, nullptr};
+        auto thunk = [](void* object, std::span<std::byte> buffer) -> std::size_t {
+            auto* c = static_cast<Closure*>(object);
+            try {
+                return static_cast<std::size_t>((*c->fill)(buffer));
+            } catch (...) {
+                c->error = std::current_exception();
+                return detail::FillRef::kAbandoned;
+            }
+        };
+        const SendStatus status =
+            send_fill(max_bytes, kind, detail::FillRef{static_cast<void*>(&closure), thunk}, raise);
+        if (closure.error) std::rethrow_exception(closure.error);
+        return status;
+    }
+    SendStatus send_fill(std::size_t max_bytes, PayloadKind kind, detail::FillRef fill, bool raise);
+    std::size_t drain_into(detail::MessageSink sink, std::size_t max);
     std::shared_ptr<detail::ContextState> state_;
     // The fan-out hub, set once by the first subscribe() (compare-exchange; the pointee never
     // changes after that) and deleted with the MsgStream.

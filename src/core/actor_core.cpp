@@ -101,6 +101,12 @@ void ActorCore::shutdown() {
                                                           " shut down its link to " +
                                                           link->peer().to_string())));
     }
+    // The drainer discards what is still spilled (the contexts are cancelled) and stops.
+    {
+        const std::lock_guard lock(drainer_mu_);
+        drainer_stopped_ = true;
+    }
+    if (OverflowDrainer* d = drainer_if_started()) d->stop();
     // 3. The control loop flushes what is queued, then stops.
     stop_.store(true, std::memory_order::release);  // [core.stop] pairs with control_loop()
     wake_control_loop();
@@ -116,6 +122,20 @@ void ActorCore::shutdown() {
         requests_.clear();
     }
     // Parent bodies still running on user threads keep their states (and links) alive.
+}
+
+OverflowDrainer& ActorCore::drainer() {
+    if (OverflowDrainer* d = drainer_if_started()) return *d;
+    const std::lock_guard lock(drainer_mu_);
+    if (!drainer_) {
+        const std::optional<std::uint32_t> slot = slots_.allocate();
+        if (!slot) throw SystemError("no free wake slot for the overflow drainer");
+        drainer_ = std::make_unique<OverflowDrainer>(wake_table_, *slot);
+        if (drainer_stopped_) drainer_->stop();  // the actor shut down: refuse and discard
+        // [core.drainer] pairs with the acquire in drainer_if_started().
+        drainer_ptr_.store(drainer_.get(), std::memory_order::release);
+    }
+    return *drainer_;
 }
 
 void ActorCore::expose(std::string fn, Endpoint endpoint, ExposeOptions options) {

@@ -30,6 +30,7 @@
 #include "core/canceller_thread.hpp"
 #include "core/endpoint_pool.hpp"
 #include "core/link.hpp"
+#include "core/overflow.hpp"
 #include "shmctx/actor.hpp"
 #include "shmctx/ids.hpp"
 #include "shmctx/shm/actor_file.hpp"
@@ -125,6 +126,15 @@ public:
     /// Runs `fn` on the control loop at its next pass.
     void post(std::function<void()> fn);
 
+    /// The actor's overflow drainer, started on first use (DESIGN.md §4.2). After shutdown a
+    /// stopped one, whose schedule() refuses (the caller discards).
+    OverflowDrainer& drainer();
+    /// The drainer if one was started, else null (never starts one).
+    OverflowDrainer* drainer_if_started() const noexcept {
+        // [core.drainer] pairs with the release in drainer(): the object is built.
+        return drainer_ptr_.load(std::memory_order::acquire);
+    }
+
 private:
     struct Exposed {
         Endpoint endpoint;
@@ -189,6 +199,10 @@ private:
     std::atomic<std::uint64_t> next_request_{0};
     std::atomic<bool> stop_{false};
     std::uint64_t seen_epoch_ = 0;  // control loop only
+    std::mutex drainer_mu_;         // guards drainer_ and drainer_stopped_
+    std::unique_ptr<OverflowDrainer> drainer_;
+    std::atomic<OverflowDrainer*> drainer_ptr_{nullptr};  // [core.drainer]
+    bool drainer_stopped_ = false;
     std::optional<shm::LivenessWatcher> watcher_;
     std::thread loop_;
 };

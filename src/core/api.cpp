@@ -42,6 +42,8 @@ std::string_view to_string(SendStatus s) noexcept {
     switch (s) {
         case SendStatus::ok:
             return "ok";
+        case SendStatus::spilled:
+            return "spilled";
         case SendStatus::full:
             return "full";
         case SendStatus::peer_stopped:
@@ -312,6 +314,24 @@ RecvStatus MsgStream::try_receive(Message& out) noexcept {
     if (hub_.load(std::memory_order::acquire) != nullptr) return RecvStatus::peer_error;
     return state_->try_receive(out);
 }
+
+SendStatus MsgStream::send_fill(std::size_t max_bytes, PayloadKind kind, detail::FillRef fill,
+                                bool raise) {
+    if (raise) return state_->send(max_bytes, kind, fill, true);
+    try {
+        return state_->send(max_bytes, kind, fill, false);
+    } catch (...) {
+        return SendStatus::peer_error;
+    }
+}
+
+std::size_t MsgStream::drain_into(detail::MessageSink sink, std::size_t max) {
+    check_not_subscribed();
+    return state_->drain(sink, max);
+}
+
+shm::RingCounters MsgStream::outbound_counters() const { return state_->outbound_counters(); }
+shm::RingCounters MsgStream::inbound_counters() const { return state_->inbound_counters(); }
 
 void MsgStream::close() { state_->close_stream(); }
 bool MsgStream::closed() const noexcept {

@@ -1,6 +1,8 @@
 #include "core/context_state.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <thread>
 #include <utility>
 
@@ -95,6 +97,15 @@ void ContextState::notify() noexcept {
     const std::uint32_t slot = waiting_slot_.load(std::memory_order::relaxed);
     if (slot != 0) {
         if (shm::WakeSlot* s = core_->wake_table().slot(slot - 1)) shm::ring(*s);
+    }
+    // relaxed: as waiting_slot_ (a send() blocked on a full ring, on_full = block).
+    const std::uint32_t sender = send_waiting_slot_.load(std::memory_order::relaxed);
+    if (sender != 0) {
+        if (shm::WakeSlot* s = core_->wake_table().slot(sender - 1)) shm::ring(*s);
+    }
+    // [ctx.out] pairs with the release in ensure_out_ring(); a send() blocked on the spill cap.
+    if (OutboundStream* out = out_raw_.load(std::memory_order::acquire)) {
+        if (out->has_waiters()) out->wake_waiters();
     }
 }
 
@@ -203,6 +214,7 @@ void ContextState::on_stop(std::uint64_t data_seq) {
         stop_seq_ = data_seq;
         blockers_.fetch_or(kBlockPeerEnded, std::memory_order::release);  // [ctx.blockers]
     }
+    discard_spill_async();  // the peer reads no more: stop flushing at once (DESIGN.md §4.2)
     notify();
 }
 
@@ -219,6 +231,7 @@ void ContextState::on_return(std::uint64_t data_seq, PayloadView value) {
         }
         blockers_.fetch_or(kBlockPeerEnded, std::memory_order::release);  // [ctx.blockers]
     }
+    discard_spill_async();  // a Return ends the stream: the peer reads no more
     notify();
 }
 
@@ -244,6 +257,7 @@ void ContextState::on_error(const wire::fb::Error& record) {
                        !receiving_.load(std::memory_order::acquire);
         blockers_.fetch_or(kBlockRemoteError, std::memory_order::release);  // [ctx.blockers]
     }
+    discard_spill_async();  // a failed context discards its spill
     notify();
     if (cancel_scope) post_scope_cancel(canceller, "the peer's task of this context failed");
 }
@@ -266,7 +280,7 @@ void ContextState::on_stream_open(const shm::CarveDescriptor& descriptor) {
                     in_->set_allow_overruns(*stream_options_->allow_overruns);
                 }
             }
-            if (stream_closed_) in_->close();
+            if (stream_closed_ || stop_reading_) in_->close();
             // [ctx.in] pairs with [ctx.in] in receive(): in_ is built before the flag.
             in_ready_.store(true, std::memory_order::release);
             lock.unlock();
@@ -305,6 +319,7 @@ void ContextState::on_link_lost(std::exception_ptr why) {
         if (side_ == Side::child && !canceller_) canceller_ = self();
         blockers_.fetch_or(kBlockTransport, std::memory_order::release);  // [ctx.blockers]
     }
+    discard_spill_async();
     notify();
     // Child tasks of a lost link are cancelled with ourselves as canceller (DESIGN.md §4.7);
     // a parent's body is woken the same way so that no wait outlives the link.
@@ -387,6 +402,10 @@ Outcome ContextState::wait_for_result() {
         throw InvalidOperation("wait_for_result() is only for the parent side of a context");
     }
     Lock lock(mu_);
+    // Waiting for the result ends our reading (DESIGN.md §4.3: unread data is discarded): the
+    // peer's flush or blocked send must not wait for reads that will never come.
+    stop_reading_ = true;
+    if (in_) in_->close();
     const std::stop_token stop = current_stop_token();
     const bool ready = wait_locked(
         lock,
@@ -500,6 +519,8 @@ void ContextState::started(PayloadView value) {
 
 void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr error,
                                 bool cancelled) {
+    // A failed or cancelled task discards its spill; a normal end flushes it (close_stream).
+    if (error || cancelled) settle_spill(false);
     {
         bool close = false;
         {
@@ -508,7 +529,8 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
         }
         if (close) close_stream();
     }
-    const std::uint64_t data_seq = out_ ? out_->written_msgs() : 0;
+    settle_spill(false);  // close_stream() flushed it, or the stream was closed before
+    const std::uint64_t data_seq = out_ ? out_->ring().written_msgs() : 0;
     std::exception_ptr ship_error;
     if (error && is_cancelled(error)) {
         cancelled = true;
@@ -594,6 +616,7 @@ void ContextState::open_stream(const StreamOptions& options) {
     }
     stream_opened_ = true;
     stream_options_ = options;
+    send_options_ = options;  // read by the stream's threads, which get the MsgStream later
     if (in_) {
         if (options.msg_buffer_size != 0) in_->set_capacity_msgs(options.msg_buffer_size);
         if (options.allow_overruns) in_->set_allow_overruns(*options.allow_overruns);
@@ -651,7 +674,15 @@ void ContextState::finish() {
         }
     }
     if (out_) {
-        out_->close();
+        // Whatever is still spilled is discarded, and the drainer lets go of the ring before its
+        // carve goes back to the arena.
+        settle_spill(false);
+        if (const std::uint64_t n = out_->discarded_total(); n != 0) {
+            std::fprintf(stderr,
+                         "shmctx: %s ended while spilling: %llu queued messages discarded\n",
+                         out_->label().c_str(), static_cast<unsigned long long>(n));
+        }
+        out_->ring().close();
         link_->release(out_desc_);
     }
     core_->unregister_context(*this);
@@ -674,13 +705,23 @@ void ContextState::ensure_out_ring() {
     params.capacity_msgs = peer_settings.msg_buffer_size != 0 ? peer_settings.msg_buffer_size
                                                               : core_->options().msg_buffer_size;
     params.allow_overruns = peer_settings.allow_overruns;
+    std::shared_ptr<OutboundStream> out;
     try {
-        out_.emplace(shm::RingWriter::create(carve.body, params, link_->peer_wakes()));
+        out = std::make_shared<OutboundStream>(
+            shm::RingWriter::create(carve.body, params, link_->peer_wakes()),
+            SpillLimits{send_options_.spill_cap_msgs, send_options_.spill_cap_bytes},
+            "context " + cid_.to_string() + " to " + peer().to_string());
     } catch (...) {
         link_->release(carve.descriptor);
         throw;
     }
-    out_desc_ = carve.descriptor;
+    {
+        const Lock lock(mu_);
+        out_ = out;
+        out_desc_ = carve.descriptor;
+    }
+    // [ctx.out] pairs with the acquire in notify()/discard_spill_async(): built before seen.
+    out_raw_.store(out.get(), std::memory_order::release);
     // Announced before the first record (DESIGN.md §3 "Data rings").
     const bool sent = ship([&](wire::ControlEncoder& enc) {
         return enc.stream_open(wire::StreamOpenFields{
@@ -693,7 +734,7 @@ void ContextState::ensure_out_ring() {
     }
 }
 
-SendStatus ContextState::try_send(PayloadView message, bool raise) {
+std::optional<SendStatus> ContextState::send_blocked(bool raise) {
     // [ctx.blockers] pairs with the fetch_or()s: a set bit means "look under the mutex".
     if (blockers_.load(std::memory_order::acquire) != 0) {
         Lock lock(mu_);
@@ -725,52 +766,186 @@ SendStatus ContextState::try_send(PayloadView message, bool raise) {
         if (!raise) return SendStatus::cancelled;
         throw_cancelled();
     }
-    if (!out_) {
-        if (!raise) {
-            try {
+    return std::nullopt;
+}
+
+SendStatus ContextState::try_send(PayloadView message, bool raise) {
+    struct Copy {
+        std::span<const std::byte> bytes;
+    } copy{message.bytes()};
+    const auto thunk = [](void* object, std::span<std::byte> buffer) -> std::size_t {
+        const auto* c = static_cast<const Copy*>(object);
+        if (!c->bytes.empty()) std::memcpy(buffer.data(), c->bytes.data(), c->bytes.size());
+        return c->bytes.size();
+    };
+    return send(message.size_bytes(), message.kind(), FillRef{&copy, thunk}, raise);
+}
+
+SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef fill, bool raise) {
+    const std::uint16_t record_kind = data_kind(kind);
+    std::optional<Deadline> block_deadline;  // on_full = block: fixed at the first wait
+    for (;;) {
+        if (const std::optional<SendStatus> blocked = send_blocked(raise)) return *blocked;
+        if (!out_) {
+            if (!raise) {
+                try {
+                    ensure_out_ring();
+                } catch (...) {
+                    return SendStatus::peer_error;
+                }
+            } else {
                 ensure_out_ring();
-            } catch (...) {
-                return SendStatus::peer_error;
             }
-        } else {
-            ensure_out_ring();
         }
-    }
-    const shm::WriteResult r = out_->try_write(data_kind(message.kind()), message.bytes());
-    switch (r) {
-        case shm::WriteResult::ok:
-            return SendStatus::ok;
-        case shm::WriteResult::full_msgs:
-        case shm::WriteResult::full_bytes: {
-            if (out_->consumer_closed()) {
+        OutboundStream& out = *out_;
+        if (max_bytes > out.ring().max_payload_bytes()) {  // immutable: safe while spilling
+            if (!raise) return SendStatus::too_large;
+            throw PayloadTooLarge("a stream message of context " + cid_.to_string(), max_bytes,
+                                  out.ring().max_payload_bytes());
+        }
+        // Rule 4 (overflow.hpp): write directly only when nothing is spilled; else queue behind.
+        const bool behind_spill = !out.spill_empty();
+        shm::WriteResult r = shm::WriteResult::full_msgs;
+        if (!behind_spill) {
+            shm::RingWriter& ring = out.ring();
+            const shm::RingClaim claim = ring.try_claim(max_bytes);
+            r = claim.status;
+            if (claim.ok()) {
+                const std::size_t used = fill(claim.buffer);
+                // The fill threw: not committed; MsgStream rethrows its exception.
+                if (used == FillRef::kAbandoned) return SendStatus::closed;
+                r = ring.commit(claim, std::min(used, max_bytes), record_kind);
+                if (r == shm::WriteResult::ok) return SendStatus::ok;
+            }
+        }
+        switch (r) {
+            case shm::WriteResult::ok:
+            case shm::WriteResult::too_large:  // checked above
+            case shm::WriteResult::full_msgs:
+            case shm::WriteResult::full_bytes:
+                break;
+            case shm::WriteResult::consumer_closed:
                 if (!raise) return SendStatus::peer_stopped;
                 throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
                                    " side of context " + cid_.to_string() + " closed its stream");
-            }
-            out_->note_overrun();
-            if (!raise) return SendStatus::full;
-            const bool msgs = r == shm::WriteResult::full_msgs;
-            throw StreamOverrun(self(), peer(), cid_,
-                                msgs ? OverrunLimit::messages : OverrunLimit::bytes,
-                                msgs ? "its inbound ring holds " +
-                                           std::to_string(out_->capacity_msgs()) + " messages"
-                                     : "its inbound ring has no room for " +
-                                           std::to_string(message.size_bytes()) + " bytes");
+            case shm::WriteResult::protocol_error:
+                if (!raise) return SendStatus::peer_error;
+                throw ProtocolError("data ring of context " + cid_.to_string() + " to " +
+                                    peer().to_string() + ": " +
+                                    std::string(out.ring().error_text()));
         }
-        case shm::WriteResult::too_large:
-            if (!raise) return SendStatus::too_large;
-            throw PayloadTooLarge("a stream message of context " + cid_.to_string(),
-                                  message.size_bytes(), out_->max_payload_bytes());
-        case shm::WriteResult::consumer_closed:
+        // Full, or behind a spill. The receiver's declaration decides (DESIGN.md §4.2).
+        OverrunLimit limit =
+            r == shm::WriteResult::full_bytes ? OverrunLimit::bytes : OverrunLimit::messages;
+        if (behind_spill || out.ring().allow_overruns()) {
+            const OutboundStream::SpillResult sr =
+                out.spill_with(record_kind, max_bytes, fill, core_->drainer());
+            if (sr == OutboundStream::SpillResult::queued) return SendStatus::spilled;
+            if (sr == OutboundStream::SpillResult::abandoned) return SendStatus::closed;
+            if (sr == OutboundStream::SpillResult::discarding) {
+                // The peer stopped reading (or the context ends): say why.
+                if (const std::optional<SendStatus> blocked = send_blocked(raise)) return *blocked;
+                if (!raise) return SendStatus::peer_stopped;
+                throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
+                                   " side of context " + cid_.to_string() +
+                                   " stopped reading its stream");
+            }
+            limit = OverrunLimit::spill_cap;
+        } else if (out.ring().consumer_closed()) {
             if (!raise) return SendStatus::peer_stopped;
             throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
                                " side of context " + cid_.to_string() + " closed its stream");
-        case shm::WriteResult::protocol_error:
-            break;
+        }
+        // on_full.
+        if (!raise) {
+            if (limit != OverrunLimit::spill_cap) out.ring().note_overrun();
+            return SendStatus::full;
+        }
+        if (send_options_.on_full == OnFull::raise) {
+            if (limit != OverrunLimit::spill_cap) out.ring().note_overrun();
+            std::string detail;
+            switch (limit) {
+                case OverrunLimit::messages:
+                    detail = "its inbound ring holds " +
+                             std::to_string(out.ring().capacity_msgs()) + " messages";
+                    break;
+                case OverrunLimit::bytes:
+                    detail =
+                        "its inbound ring has no room for " + std::to_string(max_bytes) + " bytes";
+                    break;
+                default:
+                    detail = "our spill holds " + std::to_string(send_options_.spill_cap_msgs) +
+                             " messages or " + std::to_string(send_options_.spill_cap_bytes) +
+                             " bytes at most";
+                    break;
+            }
+            throw StreamOverrun(self(), peer(), cid_, limit, detail);
+        }
+        // on_full = block: wait for space (or spill room), the peer's end, an error or cancel.
+        if (!block_deadline) {
+            block_deadline = send_options_.block_timeout ? Deadline(*send_options_.block_timeout)
+                                                         : Deadline::never();
+        }
+        const std::uint32_t seen = events_.load(std::memory_order::acquire);  // [ctx.event]
+        const auto changed = [&] {
+            return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
+        };
+        const std::stop_token stop = current_stop_token();
+        bool ready = false;
+        bool cancelled = false;
+        if (limit == OverrunLimit::spill_cap) {
+            ready = out.wait_spill([&] { return !out.at_cap(max_bytes) || changed(); }, stop,
+                                   *block_deadline);
+            cancelled = stop.stop_requested();
+        } else {
+            const BorrowedSlot slot(core_->slots());
+            shm::Waiter waiter(core_->wake_table(), slot.index());
+            // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
+            send_waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
+            const shm::WaitStatus status =
+                out.ring().wait_writable_or(max_bytes, waiter, changed, *block_deadline, stop);
+            send_waiting_slot_.store(0, std::memory_order::relaxed);
+            ready = status == shm::WaitStatus::ready;
+            cancelled = status == shm::WaitStatus::cancelled;
+        }
+        if (cancelled) throw_cancelled();
+        if (!ready) {
+            throw StreamOverrun(self(), peer(), cid_, OverrunLimit::block_timeout,
+                                "no room within the block timeout");
+        }
     }
-    if (!raise) return SendStatus::peer_error;
-    throw ProtocolError("data ring of context " + cid_.to_string() + " to " + peer().to_string() +
-                        ": " + std::string(out_->error_text()));
+}
+
+void ContextState::discard_spill_async() noexcept {
+    // [ctx.out] pairs with the release in ensure_out_ring().
+    if (OutboundStream* out = out_raw_.load(std::memory_order::acquire)) {
+        out->request_discard(core_->drainer_if_started());
+    }
+}
+
+void ContextState::settle_spill(bool flush) noexcept {
+    if (!out_ || out_->spill_empty()) return;
+    OutboundStream& out = *out_;
+    if (flush && !out.discarding()) {
+        // A normal close flushes, but stops as soon as the peer's Stop/Return, an error or the
+        // peer's consumer_closed (the drainer then discards) says nobody reads (DESIGN.md §4.2).
+        const auto done = [&] {
+            return out.spill_empty() || out.discarding() ||
+                   (blockers_.load(std::memory_order::acquire) &  // [ctx.blockers]
+                    (kBlockRemoteError | kBlockTransport | kBlockPeerEnded)) != 0;
+        };
+        try {
+            (void)out.wait_spill(done, current_stop_token(), Deadline::never());
+        } catch (...) {
+            // wait_spill allocates nothing of its own; treat any failure as "discard".
+        }
+        if (out.spill_empty()) return;
+    }
+    try {
+        (void)out.discard_and_wait(core_->drainer());
+    } catch (...) {
+        // drainer() could only fail to start one, and a spill implies one is running.
+    }
 }
 
 std::optional<std::uint64_t> ContextState::end_seq_locked() const noexcept {
@@ -779,7 +954,8 @@ std::optional<std::uint64_t> ContextState::end_seq_locked() const noexcept {
     return return_seq_;
 }
 
-ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_ptr& error) {
+template <class Read>
+ContextState::Poll ContextState::poll_inbound(Read&& read, std::exception_ptr& error) {
     // [ctx.blockers]: closed by us (close() or the context's end) comes first: no more reads,
     // and after finish() the carve is detached and must not be touched at all.
     if ((blockers_.load(std::memory_order::acquire) & kBlockClosed) != 0) {
@@ -800,33 +976,72 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
     }
     // [ctx.in] pairs with [ctx.in] in on_stream_open(): in_ is complete once the flag is seen.
     if (in_ready_.load(std::memory_order::acquire)) {
-        shm::RecordView record;
-        const shm::ReadResult r = in_->try_read(record);
-        if (r == shm::ReadResult::ok) {
-            if (record.kind < kDataKindBase) {
-                error = std::make_exception_ptr(
-                    ProtocolError("data ring of context " + cid_.to_string() + ": record kind " +
-                                  std::to_string(record.kind) + " is not a payload kind"));
-                return Poll::error;
-            }
-            holding_ = true;
-            out = Message(
-                PayloadView(static_cast<PayloadKind>(record.kind - kDataKindBase), record.payload));
-            return Poll::message;
-        }
-        if (r == shm::ReadResult::protocol_error) {
-            error =
-                std::make_exception_ptr(ProtocolError("data ring of context " + cid_.to_string() +
-                                                      ": " + std::string(in_->error_text())));
-            return Poll::error;
-        }
+        const Poll p = read(error);
+        if (p != Poll::empty) return p;
     }
     const Lock lock(mu_);
     if (stream_closed_) return Poll::closed;
     const std::optional<std::uint64_t> end = end_seq_locked();
-    const std::uint64_t read = in_ ? in_->read_msgs() : 0;
-    if (end && read >= *end) return Poll::ended;
+    const std::uint64_t read_count = in_ ? in_->read_msgs() : 0;
+    if (end && read_count >= *end) return Poll::ended;
     return Poll::empty;
+}
+
+ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_ptr& error) {
+    return poll_inbound(
+        [&](std::exception_ptr& err) {
+            shm::RecordView record;
+            const shm::ReadResult r = in_->try_read(record);
+            if (r == shm::ReadResult::ok) {
+                if (record.kind < kDataKindBase) {
+                    err = std::make_exception_ptr(ProtocolError(
+                        "data ring of context " + cid_.to_string() + ": record kind " +
+                        std::to_string(record.kind) + " is not a payload kind"));
+                    return Poll::error;
+                }
+                const PayloadView view(static_cast<PayloadKind>(record.kind - kDataKindBase),
+                                       record.payload);
+                if (send_options_.copy_on_receive) {
+                    out = Message(std::make_shared<const Payload>(Payload::copy(view)));
+                    in_->release();  // the copy owns the bytes: free the slot at once
+                } else {
+                    holding_ = true;
+                    out = Message(view);
+                }
+                return Poll::message;
+            }
+            if (r == shm::ReadResult::protocol_error) {
+                err = std::make_exception_ptr(ProtocolError("data ring of context " +
+                                                            cid_.to_string() + ": " +
+                                                            std::string(in_->error_text())));
+                return Poll::error;
+            }
+            return Poll::empty;
+        },
+        error);
+}
+
+bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bool raise) {
+    if (deadline.expired()) return false;
+    const BorrowedSlot slot(core_->slots());
+    shm::Waiter waiter(core_->wake_table(), slot.index());
+    // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
+    waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
+    receiving_.store(true, std::memory_order::release);
+    const auto changed = [&] {
+        return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
+    };
+    const std::stop_token stop = raise ? current_stop_token() : std::stop_token{};
+    shm::WaitStatus status = shm::WaitStatus::ready;
+    if (in_ready_.load(std::memory_order::acquire)) {  // [ctx.in]
+        status = in_->wait_readable_or(waiter, changed, deadline, stop);
+    } else {
+        status = waiter.wait(idle_cell_, changed, deadline, stop);
+    }
+    receiving_.store(false, std::memory_order::release);
+    waiting_slot_.store(0, std::memory_order::relaxed);
+    if (status == shm::WaitStatus::cancelled) throw_cancelled();
+    return status != shm::WaitStatus::timed_out;
 }
 
 std::optional<Message> ContextState::receive(Deadline deadline, bool raise) {
@@ -850,26 +1065,62 @@ std::optional<Message> ContextState::receive(Deadline deadline, bool raise) {
             case Poll::empty:
                 break;
         }
-        if (deadline.expired()) return std::nullopt;
-        const BorrowedSlot slot(core_->slots());
-        shm::Waiter waiter(core_->wake_table(), slot.index());
-        // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
-        waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
-        receiving_.store(true, std::memory_order::release);
-        const auto changed = [&] {
-            return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
-        };
-        const std::stop_token stop = raise ? current_stop_token() : std::stop_token{};
-        shm::WaitStatus status = shm::WaitStatus::ready;
-        if (in_ready_.load(std::memory_order::acquire)) {
-            status = in_->wait_readable_or(waiter, changed, deadline, stop);
-        } else {
-            status = waiter.wait(idle_cell_, changed, deadline, stop);
+        if (!wait_inbound(seen, deadline, raise)) return std::nullopt;
+    }
+}
+
+std::size_t ContextState::drain(MessageSink sink, std::size_t max) {
+    if (max == 0) return 0;
+    for (;;) {
+        const std::uint32_t seen = events_.load(std::memory_order::acquire);  // [ctx.event]
+        std::size_t count = 0;
+        std::exception_ptr error;
+        const Poll p = poll_inbound(
+            [&](std::exception_ptr& err) {
+                bool bad_kind = false;
+                const shm::RingReader::DrainResult r = in_->drain(
+                    [&](const shm::RecordView& record) {
+                        if (record.kind < kDataKindBase) {
+                            bad_kind = true;
+                            return;
+                        }
+                        if (bad_kind) return;
+                        ++count;
+                        sink(Message(
+                            PayloadView(static_cast<PayloadKind>(record.kind - kDataKindBase),
+                                        record.payload)));
+                    },
+                    max);
+                if (bad_kind) {
+                    err = std::make_exception_ptr(
+                        ProtocolError("data ring of context " + cid_.to_string() +
+                                      ": a record kind is not a payload kind"));
+                    return count != 0 ? Poll::message : Poll::error;
+                }
+                if (r.status == shm::ReadResult::protocol_error && count == 0) {
+                    err = std::make_exception_ptr(ProtocolError("data ring of context " +
+                                                                cid_.to_string() + ": " +
+                                                                std::string(in_->error_text())));
+                    return Poll::error;
+                }
+                return count != 0 ? Poll::message : Poll::empty;
+            },
+            error);
+        switch (p) {
+            case Poll::message:
+                return count;
+            case Poll::error:
+                std::rethrow_exception(error);
+            case Poll::closed:
+                throw EndOfChannel("the stream of context " + cid_.to_string() +
+                                   " was closed by this side");
+            case Poll::ended:
+                throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
+                                   " side of context " + cid_.to_string() + " ended its stream");
+            case Poll::empty:
+                break;
         }
-        receiving_.store(false, std::memory_order::release);
-        waiting_slot_.store(0, std::memory_order::relaxed);
-        if (status == shm::WaitStatus::cancelled) throw_cancelled();
-        if (status == shm::WaitStatus::timed_out) return std::nullopt;
+        (void)wait_inbound(seen, Deadline::never(), true);
     }
 }
 
@@ -894,7 +1145,6 @@ RecvStatus ContextState::try_receive(Message& out) noexcept {
 }
 
 void ContextState::close_stream() {
-    std::uint64_t data_seq = 0;
     {
         Lock lock(mu_);
         if (stream_closed_) return;
@@ -907,11 +1157,26 @@ void ContextState::close_stream() {
             return;
         }
         stop_sent_ = true;
-        data_seq = out_ ? out_->written_msgs() : 0;
     }
+    // The Stop counts what reached the ring: the spill is flushed (or discarded) first.
+    settle_spill(true);
+    const std::uint64_t data_seq = out_ ? out_->ring().written_msgs() : 0;
     // A lost link makes the Stop moot; the stream is closed either way.
     (void)ship([&](wire::ControlEncoder& enc) { return enc.stop(cid_, data_seq); });
     notify();
+}
+
+shm::RingCounters ContextState::outbound_counters() const {
+    // [ctx.out]: the ring's header words are atomics, readable from any thread.
+    const OutboundStream* out = out_raw_.load(std::memory_order::acquire);
+    return out != nullptr ? out->counters() : shm::RingCounters{};
+}
+
+shm::RingCounters ContextState::inbound_counters() const {
+    // [ctx.in]
+    if (!in_ready_.load(std::memory_order::acquire)) return {};
+    const Lock lock(mu_);
+    return finished_ ? shm::RingCounters{} : in_->counters();
 }
 
 bool ContextState::stream_closed() const {

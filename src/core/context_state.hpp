@@ -25,6 +25,7 @@
 
 #include "core/cancel_scope.hpp"
 #include "core/link.hpp"
+#include "core/overflow.hpp"
 #include "shmctx/context.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/ids.hpp"
@@ -100,10 +101,19 @@ public:
     void finish();
 
     // ---- stream (one sender, one receiver thread) ----
+    /// Sends a message of at most `max_bytes` that `fill` writes in place (DESIGN.md §4.2):
+    /// into the ring, behind the spill, or the sender's on_full. `raise`: send() (throws, may
+    /// block with on_full = block); else try_send() (a status, never blocks).
+    SendStatus send(std::size_t max_bytes, PayloadKind kind, FillRef fill, bool raise);
     SendStatus try_send(PayloadView message, bool raise);
     /// Blocks while `deadline` allows; nullopt on timeout.
     std::optional<Message> receive(Deadline deadline, bool raise);
     RecvStatus try_receive(Message& out) noexcept;
+    /// Waits for the first message (as receive()), then hands up to `max` available ones to
+    /// `sink` and releases them together.
+    std::size_t drain(MessageSink sink, std::size_t max);
+    shm::RingCounters outbound_counters() const;
+    shm::RingCounters inbound_counters() const;
     void close_stream();
     bool stream_closed() const;
     std::size_t max_message_bytes() const noexcept;
@@ -127,8 +137,21 @@ private:
     using Lock = std::unique_lock<std::mutex>;
     enum class Poll : std::uint8_t { message, error, closed, ended, empty };
     /// One non-blocking look at the inbound stream (receiver thread): releases the record
-    /// held since the last call, then a message, the recorded error, or the end.
+    /// held since the last call, then `read()` (message, error or empty), the recorded error,
+    /// or the end.
+    template <class Read>
+    Poll poll_inbound(Read&& read, std::exception_ptr& error);
     Poll poll_locked_out(Message& out, std::exception_ptr& error);
+    /// Waits (receiver thread) until the inbound ring may have data or an event arrived after
+    /// `seen`; false on timeout. Throws shmctx::Cancelled when `raise` and cancelled.
+    bool wait_inbound(std::uint32_t seen, const Deadline& deadline, bool raise);
+    /// Raises (or returns the status of) what stops a send; nullopt when nothing does.
+    std::optional<SendStatus> send_blocked(bool raise);
+    /// Flushes (`flush`, waiting cancellably while the peer still reads) or discards the spill
+    /// and waits until the drainer let go of the ring. Sending thread; never throws.
+    void settle_spill(bool flush) noexcept;
+    /// Asks the drainer to discard our spill (the peer ended, the context failed).
+    void discard_spill_async() noexcept;
     void notify() noexcept;
     /// Waits (mutex held on entry and exit) until `pred()`, `stop` or `deadline`; true iff
     /// `pred()`. Watches events_ for ActorOptions::spin_before_sleep before it sleeps on cv_.
@@ -178,11 +201,16 @@ private:
     bool stream_opened_ = false;
     bool stream_closed_ = false;  // our close (or the end of the context)
     bool stop_sent_ = false;
+    bool stop_reading_ = false;  // wait_for_result() ran: our inbound ring is closed
     std::optional<StreamOptions> stream_options_;
     std::optional<shm::CarveDescriptor> in_desc_;
-    std::optional<shm::RingReader> in_;   // attached by the control loop; read by the receiver
-    std::atomic<bool> in_ready_{false};   // [ctx.in] in_ is set (release), receiver acquires
-    std::optional<shm::RingWriter> out_;  // sender thread only (after creation)
+    std::optional<shm::RingReader> in_;  // attached by the control loop; read by the receiver
+    std::atomic<bool> in_ready_{false};  // [ctx.in] in_ is set (release), receiver acquires
+    // Sender thread (after creation); assigned under mu_, published by [ctx.out] for notify().
+    std::shared_ptr<OutboundStream> out_;
+    std::atomic<OutboundStream*> out_raw_{nullptr};  // [ctx.out]
+    StreamOptions send_options_;  // open_stream()'s, read by the stream's threads
+    std::atomic<std::uint32_t> send_waiting_slot_{0};  // a send() blocked on a full ring
     shm::CarveDescriptor out_desc_{};
     bool holding_ = false;  // receiver holds a record (released at the next receive)
     std::atomic<bool> cancel_called_{false};

@@ -146,21 +146,8 @@ WriteResult RingWriter::wake_consumer() noexcept {
 
 WaitStatus RingWriter::wait_writable(std::size_t bytes, Waiter& waiter, const Deadline& deadline,
                                      const std::stop_token& stop, WaitPolicy policy) {
-    const auto writable = [&]() noexcept {
-        std::uint64_t pad = 0;
-        const WriteResult r = check_space(bytes, pad);
-        return r != WriteResult::full_bytes && r != WriteResult::full_msgs;
-    };
-    if (writable()) return WaitStatus::ready;
-    // Deferred commits must be visible, or the consumer could never free space for us.
-    (void)publish();
-    const WaitStatus status =
-        waiter.wait(header_->producer.space_cell, writable, deadline, stop, policy);
-    // relaxed: back to "nobody waits", so releases skip the [wake.storeload] fence; the next
-    // wait switches again and Waiter bounds its futex waits for the window (wake.hpp).
-    header_->producer.space_cell.mode.store(static_cast<std::uint32_t>(WaitMode::busy_spin),
-                                            std::memory_order::relaxed);
-    return status;
+    return wait_writable_or(
+        bytes, waiter, [] { return false; }, deadline, stop, policy);
 }
 
 void RingWriter::close() noexcept {
@@ -173,6 +160,36 @@ void RingWriter::note_overrun() noexcept {
     auto& overruns = header_->producer.overruns;
     // relaxed: a diagnostic counter with a single writer (this producer).
     overruns.store(overruns.load(std::memory_order::relaxed) + 1, std::memory_order::relaxed);
+}
+
+void RingWriter::count_spilled(std::uint64_t total, std::uint64_t high_water) noexcept {
+    // relaxed (all spill counters): diagnostic words with one writer each (ring.hpp).
+    header_->producer.spilled.store(total, std::memory_order::relaxed);
+    header_->producer.spill_high_water.store(high_water, std::memory_order::relaxed);
+}
+
+void RingWriter::count_spill_drained(std::uint64_t total) noexcept {
+    header_->producer.spill_drained.store(total, std::memory_order::relaxed);
+}
+
+void RingWriter::count_spill_discarded(std::uint64_t total) noexcept {
+    header_->producer.spill_discarded.store(total, std::memory_order::relaxed);
+}
+
+RingCounters read_ring_counters(const RingHeader& header) noexcept {
+    // relaxed (all): monotonic diagnostic words; a snapshot may be slightly stale (ring.hpp).
+    const RingProducerBlock& p = header.producer;
+    RingCounters c;
+    c.sent = p.written_msgs.load(std::memory_order::relaxed);
+    c.received = header.consumer.read_msgs.load(std::memory_order::relaxed);
+    c.payload_bytes = p.payload_bytes.load(std::memory_order::relaxed);
+    c.full_events = p.full_events.load(std::memory_order::relaxed);
+    c.overruns = p.overruns.load(std::memory_order::relaxed);
+    c.spilled = p.spilled.load(std::memory_order::relaxed);
+    c.spill_drained = p.spill_drained.load(std::memory_order::relaxed);
+    c.spill_discarded = p.spill_discarded.load(std::memory_order::relaxed);
+    c.spill_high_water = p.spill_high_water.load(std::memory_order::relaxed);
+    return c;
 }
 
 std::uint32_t RingWriter::capacity_msgs() const noexcept {

@@ -521,6 +521,7 @@ TEST_F(SubscriptionTest, DirectReceiveAfterSubscribeIsInvalidAndSendingStillWork
         }
         EXPECT_THROW((void)stream.receive_for(1ms), InvalidOperation);
         EXPECT_EQ(stream.try_receive(m), RecvStatus::peer_error);
+        EXPECT_THROW((void)stream.drain([](const Message&) {}, 8), InvalidOperation);
         EXPECT_THROW(
             {
                 for (const auto& msg : stream) (void)msg;

@@ -131,7 +131,13 @@ struct RingProducerBlock {
     std::atomic<std::uint64_t> overruns;         ///< overruns noted by the sender (diagnostic)
     std::atomic<std::uint32_t> producer_closed;  ///< 1: no more records will come
     std::uint32_t reserved0;
-    std::byte cold_pad[kFalseSharingRange - 32];
+    // Counters (diagnostic, readable from any process; one writer each, see RingCounters).
+    std::atomic<std::uint64_t> payload_bytes;     ///< payload bytes published
+    std::atomic<std::uint64_t> spilled;           ///< messages put in the sender's spill queue
+    std::atomic<std::uint64_t> spill_drained;     ///< spilled messages written to the ring
+    std::atomic<std::uint64_t> spill_discarded;   ///< spilled messages discarded (cancel, failure)
+    std::atomic<std::uint64_t> spill_high_water;  ///< most messages queued in the spill at once
+    std::byte cold_pad[kFalseSharingRange - 72];
 };
 
 /// Writer: the consumer (initialised by the producer at creation, before [ring.init]). Hot line
@@ -159,6 +165,32 @@ static_assert(sizeof(RingImmutableBlock) == kFalseSharingRange);
 static_assert(sizeof(RingProducerBlock) == 2 * kFalseSharingRange);
 static_assert(sizeof(RingConsumerBlock) == 2 * kFalseSharingRange);
 static_assert(sizeof(RingHeader) == 640);
+static_assert(offsetof(RingProducerBlock, payload_bytes) == kFalseSharingRange + 32 &&
+              offsetof(RingProducerBlock, spill_high_water) == kFalseSharingRange + 64);
+
+/// A snapshot of one ring's counters (DESIGN.md §6 "Counters"), read with relaxed loads from
+/// any process that maps the ring: each word is monotonic or a level, so a torn snapshot is
+/// merely a little stale. Writers: the producer side (sent, payload_bytes, full_events,
+/// overruns, spill_* — the sender or the drainer holding the ring, one writer per word), the
+/// consumer (received).
+struct RingCounters {
+    std::uint64_t sent = 0;              ///< records published (written_msgs)
+    std::uint64_t received = 0;          ///< records handed to the reader (read_msgs)
+    std::uint64_t payload_bytes = 0;     ///< payload bytes published
+    std::uint64_t full_events = 0;       ///< pushes that found the ring full
+    std::uint64_t overruns = 0;          ///< pushes refused with StreamOverrun
+    std::uint64_t spilled = 0;           ///< messages queued in the sender's spill
+    std::uint64_t spill_drained = 0;     ///< spilled messages written to the ring later
+    std::uint64_t spill_discarded = 0;   ///< spilled messages discarded (cancel, failure)
+    std::uint64_t spill_high_water = 0;  ///< most messages queued in the spill at once
+    /// Messages in the spill now.
+    std::uint64_t spill_depth() const noexcept {
+        const std::uint64_t out = spill_drained + spill_discarded;
+        return spilled > out ? spilled - out : 0;
+    }
+};
+/// Reads the counters of the ring whose header is `header` (any process, any thread).
+RingCounters read_ring_counters(const RingHeader& header) noexcept;
 static_assert(offsetof(RingHeader, producer) == 128 && offsetof(RingHeader, consumer) == 384);
 static_assert(offsetof(RingProducerBlock, space_cell) == kFalseSharingRange);
 static_assert(offsetof(RingConsumerBlock, data_cell) == kFalseSharingRange);
@@ -271,6 +303,12 @@ public:
     WriteResult try_write(std::uint16_t kind, std::span<const std::byte> payload,
                           std::uint16_t flags = 0, Publish publish = Publish::now) noexcept;
 
+    /// Withdraws the advertised slot but leaves the space cell in block mode, for a waiter
+    /// that advertises again soon (no busy_spin switch window each time; wake.hpp).
+    void withdraw_space_waiter() noexcept {
+        // relaxed: a stale advertisement costs the consumer one spurious wake at most.
+        header_->producer.space_cell.waiter.store(0, std::memory_order::relaxed);
+    }
     /// Waits until a record of `bytes` would not be refused as full (or the ring is closed or
     /// broken). The producer advertises in its space cell; the consumer wakes it on release.
     WaitStatus wait_writable(std::size_t bytes, Waiter& waiter, const Deadline& deadline = {},
@@ -280,6 +318,39 @@ public:
     void close() noexcept;
     /// Counts an overrun the sender decided on (diagnostic counter in the producer block).
     void note_overrun() noexcept;
+    /// Spill counters (RingCounters), stored as totals by their one writer each: `spilled` and
+    /// `high_water` by the sending thread, `drained` by whoever holds the ring for the spill,
+    /// `discarded` by whoever discards. Only the shared words are written, never the writer's
+    /// private state, so the sender may count while the drainer holds the ring.
+    void count_spilled(std::uint64_t total, std::uint64_t high_water) noexcept;
+    void count_spill_drained(std::uint64_t total) noexcept;
+    void count_spill_discarded(std::uint64_t total) noexcept;
+    RingCounters counters() const noexcept { return read_ring_counters(*header_); }
+    /// Whether a record of `bytes` payload would be accepted now (refreshes the cached consumer
+    /// indices, like a push; writes nothing shared).
+    bool has_space_for(std::size_t bytes) noexcept {
+        std::uint64_t pad = 0;
+        const WriteResult r = check_space(bytes, pad);
+        return r != WriteResult::full_bytes && r != WriteResult::full_msgs;
+    }
+    /// As wait_writable, and also ready as soon as `also()` is true: a sender that must wake for
+    /// other events too (its context's terminals, rung on waiter.slot() after making `also()`
+    /// true, the [wake.storeload] protocol).
+    template <class Also>
+    WaitStatus wait_writable_or(std::size_t bytes, Waiter& waiter, Also&& also,
+                                const Deadline& deadline = {}, const std::stop_token& stop = {},
+                                WaitPolicy policy = {}) {
+        const auto ready = [&]() { return has_space_for(bytes) || also(); };
+        if (ready()) return WaitStatus::ready;
+        // Deferred commits must be visible, or the consumer could never free space for us.
+        (void)publish();
+        const WaitStatus status =
+            waiter.wait(header_->producer.space_cell, ready, deadline, stop, policy);
+        // relaxed: back to "nobody waits" (see wait_writable).
+        header_->producer.space_cell.mode.store(static_cast<std::uint32_t>(WaitMode::busy_spin),
+                                                std::memory_order::relaxed);
+        return status;
+    }
     /// Advertises (or, with nullopt, withdraws) wake slot `slot_index` of the producer's table
     /// in the space cell, in block mode, until withdrawn: the consumer's releases then wake
     /// it. For a producer that waits for space on a thread that waits for other things too (the
@@ -331,9 +402,10 @@ private:
     // Producer-private state: never in shared memory.
     std::uint64_t tail_ = 0;  // private end (includes deferred commits)
     std::uint64_t published_tail_ = 0;
-    std::uint64_t written_ = 0;      // messages committed (incl. deferred)
-    std::uint64_t cached_head_ = 0;  // consumer's head as last loaded and validated
-    std::uint64_t cached_read_ = 0;  // consumer's read_msgs as last loaded and validated
+    std::uint64_t written_ = 0;        // messages committed (incl. deferred)
+    std::uint64_t payload_bytes_ = 0;  // payload bytes committed (incl. deferred)
+    std::uint64_t cached_head_ = 0;    // consumer's head as last loaded and validated
+    std::uint64_t cached_read_ = 0;    // consumer's read_msgs as last loaded and validated
     bool failed_ = false;
     RingErrorText error_;
 };
@@ -429,6 +501,7 @@ public:
 
     /// Whether the producer said it will write no more (close()).
     bool producer_closed() const noexcept;
+    RingCounters counters() const noexcept { return read_ring_counters(*header_); }
     std::uint64_t read_msgs() const noexcept { return read_; }
     std::uint32_t capacity_msgs() const noexcept;
     /// Committed records not yet handed out, as last seen (racy by nature).
@@ -550,6 +623,7 @@ inline WriteResult RingWriter::commit(const RingClaim& claim, std::size_t used_b
     std::memcpy(data_ + (tail_ & mask_), &record, sizeof record);
     tail_ += ring_record_bytes(used_bytes);
     ++written_;
+    payload_bytes_ += used_bytes;
     WriteResult r = WriteResult::ok;
     if (publish_mode == Publish::now) r = publish();
     (void)SHMCTX_FAULT_POINT("ring.after_commit");
@@ -562,6 +636,8 @@ inline WriteResult RingWriter::publish() noexcept {
     RingProducerBlock& producer = header_->producer;
     // relaxed: written_msgs is for observers (size_approx, shmctx ls); the tail publishes data.
     producer.written_msgs.store(written_, std::memory_order::relaxed);
+    // relaxed: a counter for observers, one writer (this producer), stored once per publish.
+    producer.payload_bytes.store(payload_bytes_, std::memory_order::relaxed);
     // [ring.publish] pairs with [ring.observe] in RingReader::refresh_tail: the records and
     // padding before `tail_` are visible to a reader that sees this tail.
     producer.tail_bytes.store(tail_, std::memory_order::release);
