@@ -27,6 +27,8 @@ namespace shmctx {
 
 class Message;
 
+class Poller;
+
 namespace detail {
 class ContextState;
 class StreamState;
@@ -280,6 +282,7 @@ public:
 
 private:
     friend class Context;
+    friend class Poller;
     explicit MsgStream(std::shared_ptr<detail::ContextState> state) noexcept;
     template <class Fill>
     SendStatus send_filled(std::size_t max_bytes, Fill&& fill, PayloadKind kind, bool raise) {
