@@ -28,6 +28,8 @@ namespace shmctx {
 
 class Message;
 
+class Poller;
+
 namespace detail {
 class ContextState;
 class StreamState;
@@ -302,6 +304,7 @@ public:
 
 private:
     friend class Context;
+    friend class Poller;
     explicit MsgStream(std::shared_ptr<detail::ContextState> state) noexcept;
     /// InvalidOperation once subscribe() took over receiving.
     void check_not_subscribed() const;

@@ -56,6 +56,24 @@ private:
     ActorCore& core_;
 };
 
+/// A wake slot of our actor for one blocking wait, returned on scope exit.
+class BorrowedSlot {
+public:
+    explicit BorrowedSlot(shm::WakeSlotAllocator& slots) : slots_(slots) {
+        const auto index = slots.allocate();
+        if (!index) throw SystemError("no free wake slot: the actor has too many waiting threads");
+        index_ = *index;
+    }
+    BorrowedSlot(const BorrowedSlot&) = delete;
+    BorrowedSlot& operator=(const BorrowedSlot&) = delete;
+    ~BorrowedSlot() { slots_.release(index_); }
+    std::uint32_t index() const noexcept { return index_; }
+
+private:
+    shm::WakeSlotAllocator& slots_;
+    std::uint32_t index_ = 0;
+};
+
 /// What a Portal holds: the link it was made for (kept alive while a portal exists).
 class LinkHandle {
 public:

@@ -44,24 +44,6 @@ bool is_cancelled(const std::exception_ptr& e) noexcept {
     }
 }
 
-/// A wake slot of our actor for one blocking wait, returned on scope exit.
-class BorrowedSlot {
-public:
-    explicit BorrowedSlot(shm::WakeSlotAllocator& slots) : slots_(slots) {
-        const auto index = slots.allocate();
-        if (!index) throw SystemError("no free wake slot: the actor has too many waiting threads");
-        index_ = *index;
-    }
-    BorrowedSlot(const BorrowedSlot&) = delete;
-    BorrowedSlot& operator=(const BorrowedSlot&) = delete;
-    ~BorrowedSlot() { slots_.release(index_); }
-    std::uint32_t index() const noexcept { return index_; }
-
-private:
-    shm::WakeSlotAllocator& slots_;
-    std::uint32_t index_ = 0;
-};
-
 std::uint16_t data_kind(PayloadKind k) noexcept {
     return static_cast<std::uint16_t>(kDataKindBase + static_cast<std::uint16_t>(k));
 }
@@ -1164,6 +1146,28 @@ void ContextState::close_stream() {
     // A lost link makes the Stop moot; the stream is closed either way.
     (void)ship([&](wire::ControlEncoder& enc) { return enc.stop(cid_, data_seq); });
     notify();
+}
+
+bool ContextState::poll_ready() noexcept {
+    // [ctx.blockers]: an error, the link's loss or our close: receive() returns at once.
+    const std::uint32_t blockers = blockers_.load(std::memory_order::acquire);
+    if ((blockers & (kBlockRemoteError | kBlockTransport | kBlockClosed)) != 0) return true;
+    // [ctx.in] pairs with on_stream_open(): in_ is complete once the flag is seen.
+    if (in_ready_.load(std::memory_order::acquire) && in_->has_unread()) return true;
+    // The peer's Stop/Return: its data was published before it (the ring's tail, then the
+    // control record), so with nothing unread the stream has ended.
+    return (blockers & kBlockPeerEnded) != 0;
+}
+
+bool ContextState::poll_advertise(std::optional<std::uint32_t> slot) noexcept {
+    // relaxed: notify() reads it after its [wake.storeload] fence; the poller's own fence
+    // (advertise_wake_slot or its Waiter) follows this store before it re-checks.
+    waiting_slot_.store(slot ? *slot + 1 : 0, std::memory_order::relaxed);
+    if (!in_ready_.load(std::memory_order::acquire)) return false;  // [ctx.in]
+    // The cell may have been in busy_spin (a receive() since the last poll puts it back):
+    // report a switch on every advertisement, so the caller bounds its first sleep.
+    in_->advertise_wake_slot(slot);
+    return slot.has_value();
 }
 
 shm::RingCounters ContextState::outbound_counters() const {

@@ -112,6 +112,18 @@ public:
     /// Waits for the first message (as receive()), then hands up to `max` available ones to
     /// `sink` and releases them together.
     std::size_t drain(MessageSink sink, std::size_t max);
+    /// Poller (the receiving thread): receive() would not wait now (a message, the end, an
+    /// error).
+    bool poll_ready() noexcept;
+    /// Poller: advertises `slot` of our actor's table for this stream's data and events, or
+    /// withdraws it (nullopt). True when the data cell just left busy_spin (the caller bounds
+    /// its sleep by shm::kModeSwitchWait, wake.hpp).
+    bool poll_advertise(std::optional<std::uint32_t> slot) noexcept;
+    ActorCore& core() const noexcept { return *core_; }
+    /// Our inbound data ring exists (the peer announced it).
+    bool has_inbound() const noexcept {
+        return in_ready_.load(std::memory_order::acquire);  // [ctx.in]
+    }
     shm::RingCounters outbound_counters() const;
     shm::RingCounters inbound_counters() const;
     void close_stream();

@@ -1,6 +1,8 @@
 // OutboundStream and OverflowDrainer (overflow.hpp; docs/protocol.md §10).
 #include "core/overflow.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <new>
 #include <utility>
@@ -227,6 +229,8 @@ OverflowDrainer::OverflowDrainer(const shm::WakeTable& table, std::uint32_t slot
     // relaxed: the thread that reads it is started below (std::thread's start synchronises).
     cell_.mode.store(static_cast<std::uint32_t>(shm::WaitMode::block), std::memory_order::relaxed);
     thread_ = std::thread([this] { run(); });
+    // For top -H / perf and the bench's idle-CPU figure; failure only loses the name.
+    (void)pthread_setname_np(thread_.native_handle(), "shmctx-drain");
 }
 
 OverflowDrainer::~OverflowDrainer() { stop(); }

@@ -40,6 +40,7 @@
 #include "shmctx/context.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/payload.hpp"
+#include "shmctx/poller.hpp"
 
 namespace shmctx {
 namespace {
@@ -522,6 +523,8 @@ TEST_F(SubscriptionTest, DirectReceiveAfterSubscribeIsInvalidAndSendingStillWork
         EXPECT_THROW((void)stream.receive_for(1ms), InvalidOperation);
         EXPECT_EQ(stream.try_receive(m), RecvStatus::peer_error);
         EXPECT_THROW((void)stream.drain([](const Message&) {}, 8), InvalidOperation);
+        Poller poller;
+        EXPECT_THROW(poller.add(stream), InvalidOperation) << "the hub is the only receiver";
         EXPECT_THROW(
             {
                 for (const auto& msg : stream) (void)msg;

@@ -455,9 +455,7 @@ public:
     template <class Also>
     WaitStatus wait_readable_or(Waiter& waiter, Also&& also, const Deadline& deadline = {},
                                 const std::stop_token& stop = {}, WaitPolicy policy = {}) {
-        const auto ready = [&]() {
-            return failed_ || position_ != cached_tail_ || refresh_tail() || failed_ || also();
-        };
+        const auto ready = [&]() { return has_unread() || failed_ || also(); };
         if (ready()) return WaitStatus::ready;
         const WaitStatus status =
             waiter.wait(header_->consumer.data_cell, ready, deadline, stop, policy);
@@ -484,6 +482,9 @@ public:
                                                  std::memory_order::relaxed);
         if (slot_index) storeload_fence();  // [wake.storeload] pairs with wake_cell()'s
     }
+    /// Consumer thread: a record is committed beyond what was handed out (try_read would not
+    /// return empty), or the ring is broken (try_read reports it).
+    bool has_unread() noexcept { return failed_ || position_ != cached_tail_ || refresh_tail(); }
     /// A hint, safe from any thread (it reads only the shared words): the producer's tail is
     /// not the released head, so something is unread (or held). For threads that poll a ring
     /// another thread reads (under a lock) before they take that lock.

@@ -1,0 +1,473 @@
+// shmctx_bench_stream: stream throughput and the spill mode across two processes, against the
+// harness's raw ring throughput measured in the same run (issue #5 bars; bench/README.md §6).
+//
+//   shmctx_bench_stream [--rounds 5] [--messages N] [--spill-seconds 10] [--rate R]
+//                       [--quick] [--json FILE] [--help]
+//
+// Processes: this program posix_spawns one copy of itself as `--stream-server` (an Actor exposing
+// "sink" and "sink_overrun", which consume a stream and check every sequence number) and, for
+// every ring measurement, the harness's own peers (bench::run()).
+//
+// Rounds, interleaved A B A B ... (bench/README.md §1.2):
+//  A  bench::run(): the harness's one-way throughput of "shmctx-drain" (try_write, publish each,
+//     reader drain(batch)), 64 B, block mode: the raw ring.
+//  B  stream throughput: open_context("sink"), the parent sends `messages` 64-byte messages with
+//     MsgStream::send (on_full = block: backpressure instead of StreamOverrun), the child reads
+//     them with MsgStream::drain; the time from the first send to the Return (which the child
+//     sends after it checked the last message). B/A is the bar (>= 0.8).
+// Then once, after the rounds (it takes --spill-seconds):
+//  C  spill: open_context("sink_overrun") (the child allows overruns, 64-message ring); the
+//     parent try_sends at `rate` msg/s for --spill-seconds, each send timed alone; the child
+//     consumes at rate/2 (a busy wait per message) until it has read rate*seconds/2 messages,
+//     then at full speed. Figures: send p50/p99/p99.9/max over the sends that spilled, spill
+//     high water, the drain rate of the backlog once the consumer runs at full speed (messages
+//     read after the switch / time to read them) against A, zero loss and order (checked by the
+//     child), and the drainer thread's CPU over a 2 s idle window after the stream ended.
+// Speed is reported, never asserted: the exit status is 0 whenever every check passed.
+#include <dirent.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "harness.hpp"
+#include "process.hpp"
+#include "shmctx/actor.hpp"
+#include "shmctx/context.hpp"
+#include "shmctx/errors.hpp"
+#include "shmctx/payload.hpp"
+#include "shmctx/shm/names.hpp"
+
+namespace shmctx::bench {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr std::string_view kServerFlag = "--stream-server";
+constexpr std::size_t kMessageBytes = 64;
+constexpr std::size_t kRingBytes = std::size_t{1} << 20;  // = the harness's ring_bytes
+
+struct Config {
+    int rounds = 5;
+    std::uint64_t messages = 2'000'000;
+    double spill_seconds = 10;
+    double rate = 200'000;  // producer msg/s in the spill phase
+    std::chrono::milliseconds ring_duration{300};
+    std::string json_path;
+    std::string ns;  // empty: "bench-stream-<pid>"
+    bool help = false;
+};
+
+std::string stream_usage() {
+    return "usage: shmctx_bench_stream [--rounds N] [--messages N] [--spill-seconds S] [--rate R]\n"
+           "                           [--quick] [--ns NS] [--json FILE] [--help]\n"
+           "  stream throughput (64 B, drain on the reader) vs the raw ring, interleaved rounds;\n"
+           "  then the spill mode: producer at R msg/s, consumer at R/2 for S seconds.\n";
+}
+
+template <class T>
+T parse_number(std::string_view flag, std::string_view text) {
+    T value{};
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end != text.data() + text.size()) {
+        throw std::invalid_argument(std::string(flag) + ": not a number: " + std::string(text));
+    }
+    return value;
+}
+
+Config parse_config(const std::vector<std::string_view>& args) {
+    Config c;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string_view a = args[i];
+        const auto next = [&]() -> std::string_view {
+            if (i + 1 >= args.size())
+                throw std::invalid_argument(std::string(a) + " needs a value");
+            return args[++i];
+        };
+        if (a == "--rounds") {
+            c.rounds = parse_number<int>(a, next());
+        } else if (a == "--messages") {
+            c.messages = parse_number<std::uint64_t>(a, next());
+        } else if (a == "--spill-seconds") {
+            c.spill_seconds = parse_number<double>(a, next());
+        } else if (a == "--rate") {
+            c.rate = parse_number<double>(a, next());
+        } else if (a == "--ns") {
+            c.ns = std::string(next());
+        } else if (a == "--json") {
+            c.json_path = std::string(next());
+        } else if (a == "--quick") {
+            c.rounds = 1;
+            c.messages = 100'000;
+            c.spill_seconds = 0.3;
+            c.ring_duration = 100ms;
+        } else if (a == "--help" || a == "-h") {
+            c.help = true;
+        } else {
+            throw std::invalid_argument("unknown argument " + std::string(a));
+        }
+    }
+    if (c.rounds < 1 || c.messages < 1 || c.spill_seconds <= 0 || c.rate <= 0) {
+        throw std::invalid_argument("--rounds, --messages, --spill-seconds, --rate must be > 0");
+    }
+    return c;
+}
+
+std::uint64_t seq_of(std::span<const std::byte> bytes) {
+    std::uint64_t seq = 0;
+    if (bytes.size() >= sizeof seq) std::memcpy(&seq, bytes.data(), sizeof seq);
+    return seq;
+}
+
+void busy_wait(Clock::time_point until) {
+    while (Clock::now() < until) {
+    }
+}
+
+// ---- the server process ----
+
+/// "sink": args "count slow_ns slow_count". Reads `count` messages with drain(), checking that
+/// message i carries sequence number i; the first `slow_count` cost `slow_ns` each (a busy
+/// wait). Returns "fast_ns=<time to read the messages after the slow ones>".
+Payload sink(Context& ctx, const Payload& args) {
+    std::istringstream in(args.value<std::string>());
+    std::uint64_t count = 0, slow_ns = 0, slow_count = 0;
+    in >> count >> slow_ns >> slow_count;
+    ctx.started();
+    MsgStream stream = ctx.open_stream();
+    std::uint64_t next = 0;
+    Clock::time_point fast_start = Clock::now();
+    while (next < count) {
+        (void)stream.drain(
+            [&](const Message& m) {
+                const std::uint64_t seq = seq_of(m.bytes());
+                if (seq != next || m.bytes().size() != kMessageBytes) {
+                    throw std::runtime_error("sink: expected message " + std::to_string(next) +
+                                             ", got " + std::to_string(seq));
+                }
+                ++next;
+                if (next <= slow_count) {
+                    busy_wait(Clock::now() + std::chrono::nanoseconds(slow_ns));
+                    if (next == slow_count) fast_start = Clock::now();
+                }
+            },
+            // A slow consumer takes one message per call, so each is released (and its slot
+            // refilled by the producer) as soon as it is done; at full speed, batches.
+            next < slow_count ? 1 : 256);
+    }
+    const auto fast_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - fast_start).count();
+    return Payload::value("fast_ns=" + std::to_string(fast_ns));
+}
+
+int server_main(const std::vector<std::string_view>& args) {
+    std::string ns, name;
+    for (std::size_t i = 1; i + 1 < args.size(); i += 2) {
+        if (args[i] == "--ns") ns = std::string(args[i + 1]);
+        if (args[i] == "--name") name = std::string(args[i + 1]);
+    }
+    try {
+        ActorOptions o;
+        o.ns = ns;
+        o.data_ring_bytes = kRingBytes;
+        Actor actor(name, o);
+        // Throughput: a message capacity the bytes limit reaches first (as the raw ring).
+        actor.expose("sink", sink, ExposeOptions{1U << 20, false});
+        // Spill: the default 64-message ring, and the peer may overrun us.
+        actor.expose("sink_overrun", sink, ExposeOptions{0, true});
+        std::cout << "ready" << std::endl;
+        std::string line;
+        while (std::getline(std::cin, line)) {
+            if (line == "quit") break;
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "shmctx_bench_stream server: FAILED: %s\n", e.what());
+        return 3;
+    }
+}
+
+// ---- the parent ----
+
+double ring_throughput(const Config& cfg, const std::string& ns, const std::atomic<bool>* stop) {
+    Options o;
+    o.tests = {Test::throughput};
+    o.transports = {"shmctx-drain"};
+    o.modes = {Mode::block};
+    o.sizes = {kMessageBytes};
+    o.duration = cfg.ring_duration;
+    o.runs = 1;
+    o.ns = ns + "-ring";
+    o.stop = stop;
+    std::ostringstream progress;
+    const Report rep = run(o, progress);
+    if (rep.batches.size() != 1 || rep.batches[0].cells.size() != 1 ||
+        rep.batches[0].cells[0].msgs_per_s.size() != 1) {
+        throw std::logic_error("harness report: expected one throughput run");
+    }
+    return rep.batches[0].cells[0].msgs_per_s[0];
+}
+
+std::array<std::byte, kMessageBytes> message_for(std::uint64_t seq) {
+    std::array<std::byte, kMessageBytes> m{};
+    std::memcpy(m.data(), &seq, sizeof seq);
+    return m;
+}
+
+/// B: messages/s of one stream run.
+double stream_throughput(Portal& portal, std::uint64_t messages) {
+    double rate = 0;
+    const std::string args = std::to_string(messages) + " 0 0";
+    auto result =
+        portal.open_context("sink", Payload::value(args).view(), [&](Context& ctx, const Payload&) {
+            StreamOptions so;
+            so.on_full = OnFull::block;
+            MsgStream stream = ctx.open_stream(so);
+            const auto t0 = Clock::now();
+            for (std::uint64_t i = 0; i < messages; ++i) {
+                const auto m = message_for(i);
+                stream.send(PayloadView(std::span<const std::byte>(m)));
+            }
+            (void)ctx.wait_for_result();
+            const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+            rate = static_cast<double>(messages) / s;
+        });
+    result.outcome.rethrow_if_error();
+    return rate;
+}
+
+struct SpillFigures {
+    std::uint64_t sent = 0;
+    std::uint64_t spilled = 0;
+    std::uint64_t high_water = 0;
+    std::uint64_t drained = 0;
+    std::uint64_t discarded = 0;
+    RoundTripRun send_spilling;  // ns: percentiles of send() while spilling
+    RoundTripRun send_all;
+    double drain_rate = 0;        // msg/s of the backlog once the consumer is fast
+    double drainer_cpu_pct = -1;  // over the idle window
+    double idle_window_s = 0;
+};
+
+/// CPU seconds of this process's thread named `comm` (-1 if none).
+double thread_cpu_seconds(std::string_view comm) {
+    DIR* dir = opendir("/proc/self/task");
+    if (dir == nullptr) return -1;
+    double result = -1;
+    while (dirent* e = readdir(dir)) {
+        if (e->d_name[0] == '.') continue;
+        const std::string base = std::string("/proc/self/task/") + e->d_name;
+        std::ifstream c(base + "/comm");
+        std::string name;
+        std::getline(c, name);
+        if (name != comm) continue;
+        std::ifstream s(base + "/stat");
+        std::string stat((std::istreambuf_iterator<char>(s)), std::istreambuf_iterator<char>());
+        const std::size_t close = stat.rfind(')');
+        if (close == std::string::npos) continue;
+        std::istringstream fields(stat.substr(close + 2));
+        std::string skip;
+        for (int i = 0; i < 11; ++i) fields >> skip;  // fields 3..13
+        long utime = 0, stime = 0;
+        fields >> utime >> stime;
+        result = static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    }
+    closedir(dir);
+    return result;
+}
+
+SpillFigures spill_run(Portal& portal, const Config& cfg) {
+    SpillFigures f;
+    const auto total = static_cast<std::uint64_t>(cfg.rate * cfg.spill_seconds);
+    const std::uint64_t slow_count = total / 2;
+    const auto slow_ns = static_cast<std::uint64_t>(2e9 / cfg.rate);
+    const std::string args =
+        std::to_string(total) + " " + std::to_string(slow_ns) + " " + std::to_string(slow_count);
+    std::vector<std::uint32_t> spilling;  // ns, as the harness's percentile function takes them
+    std::vector<std::uint32_t> all;
+    spilling.reserve(total);
+    all.reserve(total);
+    std::string reply;
+    auto result = portal.open_context(
+        "sink_overrun", Payload::value(args).view(), [&](Context& ctx, const Payload&) {
+            StreamOptions so;
+            so.spill_cap_msgs = total + 1;  // the bar is about the spill, not its cap
+            MsgStream stream = ctx.open_stream(so);
+            const auto period = std::chrono::duration<double>(1.0 / cfg.rate);
+            const auto t0 = Clock::now();
+            for (std::uint64_t i = 0; i < total; ++i) {
+                busy_wait(t0 + std::chrono::duration_cast<Clock::duration>(period * i));
+                const auto m = message_for(i);
+                const auto a = Clock::now();
+                const SendStatus st = stream.try_send(PayloadView(std::span<const std::byte>(m)));
+                const auto ns = static_cast<std::uint32_t>(std::min<std::int64_t>(
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - a).count(),
+                    UINT32_MAX));
+                if (st == SendStatus::spilled) {
+                    spilling.push_back(ns);
+                    ++f.spilled;
+                } else if (st != SendStatus::ok) {
+                    throw std::runtime_error("spill: try_send returned " +
+                                             std::string(to_string(st)));
+                }
+                all.push_back(ns);
+            }
+            f.sent = total;
+            stream.close();  // flushes the spill
+            const shm::RingCounters c = stream.outbound_counters();
+            f.high_water = c.spill_high_water;
+            f.drained = c.spill_drained;
+            f.discarded = c.spill_discarded;
+            reply = ctx.wait_for_result().value().value<std::string>();
+        });
+    result.outcome.rethrow_if_error();
+    const std::uint64_t fast_ns = parse_number<std::uint64_t>("fast_ns", reply.substr(8));
+    f.drain_rate = static_cast<double>(total - slow_count) / (static_cast<double>(fast_ns) / 1e9);
+    f.send_spilling = round_trip_percentiles(spilling);
+    f.send_all = round_trip_percentiles(all);
+    // The drainer idles now: its CPU over a quiet window.
+    const double before = thread_cpu_seconds("shmctx-drain");
+    const auto w0 = Clock::now();
+    std::this_thread::sleep_for(2s);
+    const double after = thread_cpu_seconds("shmctx-drain");
+    f.idle_window_s = std::chrono::duration<double>(Clock::now() - w0).count();
+    if (before >= 0 && after >= 0) f.drainer_cpu_pct = 100.0 * (after - before) / f.idle_window_s;
+    if (f.discarded != 0 || f.drained != f.spilled) {
+        throw std::runtime_error("spill: " + std::to_string(f.spilled) + " spilled, " +
+                                 std::to_string(f.drained) + " drained, " +
+                                 std::to_string(f.discarded) + " discarded");
+    }
+    return f;
+}
+
+std::string si(double v) {
+    std::ostringstream o;
+    o << std::fixed << std::setprecision(2);
+    if (v >= 1e6) {
+        o << v / 1e6 << " M";
+    } else if (v >= 1e3) {
+        o << v / 1e3 << " k";
+    } else {
+        o << v << " ";
+    }
+    return o.str();
+}
+
+int parent_main(const Config& cfg, const std::string& command, const std::atomic<bool>& stop) {
+    const std::string ns = cfg.ns.empty() ? "bench-stream-" + std::to_string(getpid()) : cfg.ns;
+    const std::string server_name = "stream-server";
+    Peer peer = Peer::spawn({std::string(kServerFlag), "--ns", ns, "--name", server_name});
+    if (const std::string line = peer.read_line(Deadline(10s)); line != "ready") {
+        throw std::runtime_error("server: expected \"ready\", got \"" + line + "\"");
+    }
+    std::vector<double> ring, stream, ratio;
+    SpillFigures spill;
+    {
+        ActorOptions o;
+        o.ns = ns;
+        o.data_ring_bytes = kRingBytes;
+        Actor client("stream-client", o);
+        Portal portal = client.connect(server_name, 10s);
+        (void)stream_throughput(portal, std::min<std::uint64_t>(cfg.messages, 100'000));  // warm-up
+        for (int r = 0; r < cfg.rounds && !stop.load(std::memory_order::relaxed); ++r) {
+            const double a = ring_throughput(cfg, ns, &stop);
+            const double b = stream_throughput(portal, cfg.messages);
+            ring.push_back(a);
+            stream.push_back(b);
+            ratio.push_back(b / a);
+            std::cout << "round " << r + 1 << ": ring " << si(a) << "msg/s, stream " << si(b)
+                      << "msg/s, ratio " << std::setprecision(3) << b / a << "\n"
+                      << std::flush;
+        }
+        spill = spill_run(portal, cfg);
+    }
+    peer.write_line("quit");
+    peer.wait_success(Deadline(10s));
+
+    const Stat rs = summarize(ring), ss = summarize(stream), qs = summarize(ratio);
+    std::cout << "\n"
+              << command << "\n\n"
+              << "stream throughput, 64 B, send (on_full=block) -> drain, two processes\n"
+              << "  raw ring (harness shmctx-drain, block): median " << si(rs.median) << "msg/s ("
+              << si(rs.min) << "- " << si(rs.max) << ")\n"
+              << "  stream:                                 median " << si(ss.median) << "msg/s ("
+              << si(ss.min) << "- " << si(ss.max) << ")\n"
+              << "  stream / ring: median " << std::setprecision(3) << qs.median << " (" << qs.min
+              << "-" << qs.max << ")   bar >= 0.8\n\n"
+              << "spill: " << cfg.rate << " msg/s for " << cfg.spill_seconds
+              << " s, consumer at half rate, then full speed\n"
+              << "  sent " << spill.sent << ", spilled " << spill.spilled << ", drained "
+              << spill.drained << ", discarded " << spill.discarded << ", high water "
+              << spill.high_water << ", all received in order (checked by the consumer)\n"
+              << "  send while spilling: p50 " << format_ns(spill.send_spilling.p50) << ", p99 "
+              << format_ns(spill.send_spilling.p99) << ", p99.9 "
+              << format_ns(spill.send_spilling.p999) << " (bar <= 5us), max "
+              << format_ns(spill.send_spilling.max) << "\n"
+              << "  every send:          p50 " << format_ns(spill.send_all.p50) << ", p99.9 "
+              << format_ns(spill.send_all.p999) << "\n"
+              << "  drain rate once the consumer is fast: " << si(spill.drain_rate)
+              << "msg/s = " << std::setprecision(3) << spill.drain_rate / rs.median
+              << "x the raw ring median (bar >= 0.5)\n"
+              << "  drainer CPU over a " << std::setprecision(2) << spill.idle_window_s
+              << " s idle window: " << std::setprecision(3) << spill.drainer_cpu_pct
+              << " % (bar < 1 %)\n";
+    if (!cfg.json_path.empty()) {
+        std::ofstream j(cfg.json_path);
+        j << "{\"command\":\"" << json_escaped(command) << "\",\"ring_msgs_per_s\":" << rs.median
+          << ",\"stream_msgs_per_s\":" << ss.median << ",\"stream_ring_ratio\":" << qs.median
+          << ",\"spill\":{\"sent\":" << spill.sent << ",\"spilled\":" << spill.spilled
+          << ",\"high_water\":" << spill.high_water
+          << ",\"send_p999_ns\":" << spill.send_spilling.p999
+          << ",\"drain_rate\":" << spill.drain_rate
+          << ",\"drainer_cpu_pct\":" << spill.drainer_cpu_pct << "}}\n";
+        std::cout << "\nwrote " << cfg.json_path << "\n";
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace shmctx::bench
+
+int main(int argc, char** argv) {
+    namespace b = shmctx::bench;
+    const std::vector<std::string_view> args(argv + 1, argv + argc);
+    if (!args.empty() && args[0] == b::kServerFlag) return b::server_main(args);
+    if (b::is_peer_invocation(args)) return b::peer_main(args);  // the harness's ring peers
+    std::signal(SIGPIPE, SIG_IGN);
+    std::string command = "shmctx_bench_stream";
+    for (auto a : args) (command += ' ') += a;
+    const std::atomic<bool>& stop = b::stop_on_signals("shmctx_bench_stream", "round");
+    try {
+        const b::Config cfg = b::parse_config(args);
+        if (cfg.help) {
+            std::cout << b::stream_usage();
+            return 0;
+        }
+        return b::parent_main(cfg, command, stop);
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "shmctx_bench_stream: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "shmctx_bench_stream: FAILED: " << e.what() << "\n";
+        return 1;
+    }
+}
