@@ -311,7 +311,7 @@ private:
     template <class Fill>
     SendStatus send_filled(std::size_t max_bytes, Fill&& fill, PayloadKind kind, bool raise) {
         struct Closure {
-            Fill* fill;
+            std::remove_reference_t<Fill>* fill;
             std::exception_ptr error;
         } closure{&fill, nullptr};
         auto thunk = [](void* object, std::span<std::byte> buffer) -> std::size_t {

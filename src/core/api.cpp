@@ -1,4 +1,5 @@
 // The public Actor, Portal, Context and MsgStream: thin handles onto ActorCore and ContextState.
+#include <exception>
 #include <stdexcept>
 #include <utility>
 
@@ -275,7 +276,9 @@ MsgStream::~MsgStream() {
     delete hub_.load(std::memory_order::relaxed);  // relaxed: nobody else uses us now
     if (!state_) return;
     try {
-        state_->close_stream();
+        // Destroyed by an exception's unwinding (the body failed): a failed context discards
+        // its spill instead of waiting for it to flush (DESIGN.md §4.2).
+        state_->close_stream(std::uncaught_exceptions() == 0);
     } catch (...) {
         // A destructor never throws; the context's end closes the stream anyway.
     }

@@ -1126,7 +1126,7 @@ RecvStatus ContextState::try_receive(Message& out) noexcept {
     return RecvStatus::empty;
 }
 
-void ContextState::close_stream() {
+void ContextState::close_stream(bool flush) {
     {
         Lock lock(mu_);
         if (stream_closed_) return;
@@ -1141,7 +1141,7 @@ void ContextState::close_stream() {
         stop_sent_ = true;
     }
     // The Stop counts what reached the ring: the spill is flushed (or discarded) first.
-    settle_spill(true);
+    settle_spill(flush);
     const std::uint64_t data_seq = out_ ? out_->ring().written_msgs() : 0;
     // A lost link makes the Stop moot; the stream is closed either way.
     (void)ship([&](wire::ControlEncoder& enc) { return enc.stop(cid_, data_seq); });

@@ -126,7 +126,8 @@ public:
     }
     shm::RingCounters outbound_counters() const;
     shm::RingCounters inbound_counters() const;
-    void close_stream();
+    /// Sends Stop after the spill is flushed (`flush`) or discarded (a failing body's unwind).
+    void close_stream(bool flush = true);
     bool stream_closed() const;
     std::size_t max_message_bytes() const noexcept;
 

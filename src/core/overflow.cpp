@@ -286,7 +286,9 @@ void OverflowDrainer::run() noexcept {
         for (std::shared_ptr<OutboundStream>& s : active) {
             std::size_t moved = 0;
             const OutboundStream::Drain d = s->drain_some(kBatch, moved);
-            progress = progress || moved != 0;
+            // `more`: the stream has work left (the budget ran out, or an enqueue raced our
+            // leaving and the stream is still ours): never park on it.
+            progress = progress || moved != 0 || d == OutboundStream::Drain::more;
             if (d == OutboundStream::Drain::idle) {
                 s.reset();
             } else if (d == OutboundStream::Drain::blocked) {
