@@ -1,10 +1,13 @@
 #include "shmctx/shm/fault.hpp"
 
+#include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -14,7 +17,7 @@
 namespace shmctx::shm {
 namespace {
 
-enum class Action { kill, stall, abort, corrupt };
+enum class Action { kill, stall, abort, corrupt, jitter };
 
 struct FaultSpec {
     std::string name;
@@ -63,8 +66,10 @@ std::deque<FaultSpec>* parse_env() {
             parsed = Action::abort;
         } else if (action == "corrupt") {
             parsed = Action::corrupt;
+        } else if (action == "jitter") {
+            parsed = Action::jitter;
         } else {
-            reject(item, "action must be kill, stall, abort or corrupt");
+            reject(item, "action must be kill, stall, abort, corrupt or jitter");
         }
         auto& spec = specs->emplace_back();
         spec.name = item.substr(0, eq);
@@ -72,6 +77,34 @@ std::deque<FaultSpec>* parse_env() {
         spec.fire_on_hit = nth;
     }
     return specs;
+}
+
+/// A random pause of 0-50 us: a yield (about a quarter of the hits) or a sleep. Widens the race
+/// windows around a fault point for TSan and stress schedules; never changes what the code does.
+void jitter() noexcept {
+    // Per-thread xorshift64 seeded from the thread's stack address and the clock: no shared
+    // state, so the jitter adds no synchronisation that could hide a race.
+    thread_local std::uint64_t state = [] {
+        struct timespec now {};
+        ::clock_gettime(CLOCK_MONOTONIC, &now);
+        int local = 0;
+        const auto seed =
+            static_cast<std::uint64_t>(now.tv_nsec) ^
+            (static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&local)) << 16);
+        return seed | 1;
+    }();
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    const std::uint64_t r = state % 200;  // 0-149: sleep 0-50 us; 150-199: yield
+    if (r >= 150) {
+        ::sched_yield();
+        return;
+    }
+    struct timespec pause {
+        0, static_cast<long>((r % 50) * 1000 + (state >> 40) % 1000)
+    };
+    ::nanosleep(&pause, nullptr);
 }
 
 }  // namespace
@@ -98,6 +131,9 @@ bool fault_point(const char* name) noexcept {
             std::abort();
         case Action::corrupt:
             return true;
+        case Action::jitter:
+            jitter();
+            return false;
     }
     return false;
 }

@@ -17,9 +17,21 @@
 //   hold        started(), opens the stream and receives until it ends, never sending
 //   relay       (relay role) started(), opens "boom" on <peer> and blocks in the body until
 //               <peer>'s error interrupts it; the error escapes (spec §5 #65-68)
+//   gated_count        (stream_xproc_test) inbound ring of 4 messages, no overruns: started(),
+//                      opens the stream, reads nothing until a "release" line arrives on stdin,
+//                      then reads until the end checking 8-byte sequence numbers 0, 1, 2, ...;
+//                      returns "count=N overruns=O full=F sent=S spilled=P drained=D discarded=X"
+//                      from its inbound ring's counters (written by the sender's process)
+//   gated_count_spill  the same with allow_overruns (the sender spills instead of failing)
+//
+// stdin lines: "quit" ends the process; "release" opens the gate of the gated_count endpoints.
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -85,6 +97,66 @@ void expose_server(Actor& actor, const std::string& name) {
     });
 }
 
+/// Opened by a "release" line on stdin; the gated_count endpoints wait for it.
+struct Gate {
+    std::mutex m;
+    std::condition_variable_any cv;
+    bool open = false;  // guarded by m
+} gate;
+
+void open_gate() {
+    {
+        const std::lock_guard lock(gate.m);
+        gate.open = true;
+    }
+    gate.cv.notify_all();
+}
+
+/// Waits for the gate inside `ctx` (cancellable: a cancel raises shmctx::Cancelled).
+void wait_gate(Context& ctx) {
+    std::unique_lock lock(gate.m);
+    if (!gate.cv.wait_for(lock, ctx.stop_token(), 60s, [] { return gate.open; })) {
+        lock.unlock();
+        ctx.checkpoint();
+        throw std::runtime_error("gate not released within 60 s");
+    }
+}
+
+Payload gated_count(Context& ctx) {
+    ctx.started();
+    auto stream = ctx.open_stream();
+    wait_gate(ctx);
+    std::uint64_t n = 0;
+    for (const auto& msg : stream) {
+        std::uint64_t seq = 0;
+        if (msg.bytes().size() < sizeof seq) throw std::runtime_error("short message");
+        std::memcpy(&seq, msg.bytes().data(), sizeof seq);
+        if (seq != n) {
+            throw std::runtime_error("message " + std::to_string(n) + " arrived as " +
+                                     std::to_string(seq));
+        }
+        ++n;
+    }
+    const shm::RingCounters c = stream.inbound_counters();
+    return Payload::value(
+        "count=" + std::to_string(n) + " overruns=" + std::to_string(c.overruns) +
+        " full=" + std::to_string(c.full_events) + " sent=" + std::to_string(c.sent) +
+        " spilled=" + std::to_string(c.spilled) + " drained=" + std::to_string(c.spill_drained) +
+        " discarded=" + std::to_string(c.spill_discarded));
+}
+
+void expose_streams(Actor& actor) {
+    ExposeOptions strict;
+    strict.msg_buffer_size = 4;
+    strict.allow_overruns = false;
+    actor.expose(
+        "gated_count", [](Context& ctx, const Payload&) { return gated_count(ctx); }, strict);
+    ExposeOptions spill = strict;
+    spill.allow_overruns = true;
+    actor.expose(
+        "gated_count_spill", [](Context& ctx, const Payload&) { return gated_count(ctx); }, spill);
+}
+
 void expose_relay(Actor& actor, const std::string& peer) {
     actor.expose("relay", [&actor, peer](Context& ctx, const Payload&) {
         ctx.started();
@@ -106,10 +178,12 @@ int run(int argc, char** argv) {
     options.ns = argv[1];
     Actor actor(name, options);
     expose_server(actor, name);
+    expose_streams(actor);
     if (role == "relay") expose_relay(actor, argv[4]);
     say("ready");
     std::string line;
     while (read_line(line) && line != "quit") {
+        if (line == "release") open_gate();
     }
     return 0;
 }

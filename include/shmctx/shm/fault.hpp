@@ -6,7 +6,9 @@
 // Driven by the environment, read once per process:
 //   SHMCTX_FAULT="ring.after_claim=kill,arena.after_carve=stall@3,ring.header=corrupt"
 // action: kill (SIGKILL to self), stall (block forever in pause()), abort, corrupt (the point
-// returns true and the call site corrupts what it names). "@N" fires on the N-th hit (1-based)
+// returns true and the call site corrupts what it names), jitter (a random pause of 0-50 us,
+// yield or sleep, every hit unless "@N"; the point returns false: for TSan and stress schedules
+// that widen the race windows around the point). "@N" fires on the N-th hit (1-based)
 // and only then; without it the point fires on every hit. N counts the hits of the point, so
 // "p=corrupt@1,p=kill@3" corrupts on the first hit of p and dies on the third; when several
 // items fire on the same hit, the first one listed wins. A malformed item
