@@ -64,6 +64,7 @@ ControlEncoder::ControlEncoder(std::size_t max_record_bytes, std::size_t initial
     // Scalars are written even when equal to the schema default: a reader never has to know
     // which default the writer's schema version had.
     fbb_.ForceDefaults(true);
+    fbb_.DedupVtables(false);
 }
 
 flatbuffers::Offset<fb::Uid> ControlEncoder::uid(const UidRef& u) {
