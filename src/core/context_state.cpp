@@ -322,7 +322,6 @@ void ContextState::send_start(PayloadView args) {
         f.cid = cid_;
         f.fn_name = fn_;
         f.args = args;
-        f.caller = wire::UidRef{self().name, self().uuid};
         f.options = own_;
         const std::span<const std::byte> rec = enc.start(f);
         if (rec.size() > enc.max_record_bytes()) {
