@@ -706,11 +706,11 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
         ship_error(std::current_exception());
         return;
     }
-    // Deferred: the parent needs the StartAck only with the Started, Return or Error that
-    // follows it (it carries our inbound settings for data sent after Started), and every one
-    // of those publishes it. One publish (and fence) less on every context's critical path.
-    (void)link->send([&](wire::ControlEncoder& enc) { return enc.start_ack(cid, own); },
-                     shm::Publish::deferred);
+    // The StartAck is owed, not written here: the context's first record (its Started,
+    // Return or Error) carries it, written ahead of it in the same write section and published
+    // with it (ContextState::ship). The parent needs it only with that record (it holds our
+    // inbound settings for data sent after Started). A refused task (below) gets no StartAck:
+    // its Error says that no task was scheduled.
     Payload args = Payload::copy(wire::from_fb(start.args()));
     SubmitRefusal why{};
     const bool submitted = pool_.try_submit(

@@ -75,7 +75,8 @@ ContextState::ContextState(std::shared_ptr<ActorCore> core, std::shared_ptr<Link
       cid_(cid),
       fn_(std::move(fn)),
       own_(own),
-      scope_(scope_parent, scope_also) {}
+      scope_(scope_parent, scope_also),
+      start_ack_owed_(side == Side::child) {}
 
 ContextState::~ContextState() = default;
 
@@ -179,11 +180,8 @@ bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& sto
 // ---- control loop ----
 
 void ContextState::on_start_ack(const wire::ContextSettings& peer_settings) {
-    {
-        const Lock lock(mu_);
-        peer_settings_ = peer_settings;
-    }
-    notify();
+    const Lock lock(mu_);
+    peer_settings_ = peer_settings;
 }
 
 void ContextState::on_started(PayloadView value) {

@@ -60,6 +60,8 @@ public:
     Link& link() const noexcept { return *link_; }
 
     // ---- control loop: records what arrived (never blocks) ----
+    /// Records the peer's inbound settings and wakes nobody: nothing waits for a StartAck alone
+    /// (the Started, Return or Error it travels with does the waking).
     void on_start_ack(const wire::ContextSettings& peer_settings);
     void on_started(PayloadView value);
     void on_stop(std::uint64_t data_seq);
@@ -144,9 +146,14 @@ private:
     void post_scope_cancel(std::optional<Uid> canceller, std::string reason);
     /// The end of our inbound data as far as known (Stop/Return data_seq), or nullopt.
     std::optional<std::uint64_t> end_seq_locked() const noexcept;
+    /// Sends one of our records; a child's first one carries the StartAck it owes.
     template <class Encode>
     bool ship(Encode&& encode) {
-        return link_->send(std::forward<Encode>(encode));
+        if (side_ == Side::parent) return link_->send(std::forward<Encode>(encode));
+        return link_->send_owing(
+            &start_ack_owed_,
+            [this](wire::ControlEncoder& enc) { return enc.start_ack(cid_, own_); },
+            std::forward<Encode>(encode));
     }
 
     std::shared_ptr<ActorCore> core_;
@@ -185,6 +192,10 @@ private:
     std::optional<shm::RingWriter> out_;  // sender thread only (after creation)
     shm::CarveDescriptor out_desc_{};
     bool holding_ = false;  // receiver holds a record (released at the next receive)
+    /// Child: the StartAck (our inbound settings, own_) is not written yet. ActorCore::on_start
+    /// leaves it to our first record (ship()), so that both cost one write section. Guarded
+    /// by the link's producer lock (Link::send_owing).
+    bool start_ack_owed_;
     std::atomic<bool> cancel_called_{false};
     std::atomic<std::uint32_t> blockers_{0};  // [ctx.blockers] "a sender must look under mu_"
     std::atomic<bool> receiving_{false};

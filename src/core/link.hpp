@@ -126,6 +126,14 @@ public:
     /// ring's tail covers every record before it): for a record nobody waits for alone.
     template <class Encode>
     bool send(Encode&& encode, shm::Publish publish = shm::Publish::now);
+    /// send(), preceded under the same lock by the record `owed(ControlEncoder&)` returns when
+    /// `*owes` (then cleared; `*owes` is guarded by our producer lock): a context's StartAck
+    /// travels with that context's first reply, in one write section (docs/protocol.md §9.4).
+    /// The owed record is written deferred: the reply's publish covers it, and if `encode`
+    /// throws, the next record published on the link does.
+    template <class Owed, class Encode>
+    bool send_owing(bool* owes, Owed&& owed, Encode&& encode,
+                    shm::Publish publish = shm::Publish::now);
     /// Carves a data ring region from our arena (thread-safe); collects detached carves first.
     shm::Carve carve(std::size_t bytes);
     /// Gives a data-ring carve back (reused once the peer detached it, or the peer is dead).
@@ -173,10 +181,21 @@ private:
 
 template <class Encode>
 bool Link::send(Encode&& encode, shm::Publish publish) {
+    return send_owing(
+        nullptr, [](wire::ControlEncoder&) { return std::span<const std::byte>(); },
+        std::forward<Encode>(encode), publish);
+}
+
+template <class Owed, class Encode>
+bool Link::send_owing(bool* owes, Owed&& owed, Encode&& encode, shm::Publish publish) {
     bool queued = false;
     {
         const std::lock_guard lock(out_mu_);
         if (out_broken_) return false;
+        if (owes != nullptr && *owes) {
+            if (!write_locked(owed(encoder_), shm::Publish::deferred)) return false;
+            *owes = false;
+        }
         const std::span<const std::byte> record = encode(encoder_);
         if (!write_locked(record, publish)) return false;
         queued = !outbox_.empty();
