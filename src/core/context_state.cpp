@@ -89,11 +89,15 @@ Context ContextState::handle(std::shared_ptr<ContextState> state) noexcept {
 
 void ContextState::notify() noexcept {
     // [ctx.event] pairs with [ctx.event] in receive(): the change is published before the wake.
-    events_.fetch_add(1, std::memory_order::release);
+    // [wake.storeload] without a fence of our own: this seq_cst increment and the seq_cst load
+    // of the advertisement below, against the receiver's fence between its waiting_slot_ store
+    // and its events_ load, leave no outcome where both miss (C++20 [atomics.order]: a fence
+    // before a read that misses our increment precedes it in S; our load that misses the
+    // receiver's store precedes that fence; the increment precedes our load). The increment
+    // is a full barrier already where it matters (x86 lock xadd): no second one per event.
+    events_.fetch_add(1, std::memory_order::seq_cst);
     cv_.notify_all();
-    shm::storeload_fence();  // [wake.storeload]: events_ before reading the advertisement
-    // relaxed: ordered by the fence above (the receiver stores it before its own fence).
-    const std::uint32_t slot = waiting_slot_.load(std::memory_order::relaxed);
+    const std::uint32_t slot = waiting_slot_.load(std::memory_order::seq_cst);
     if (slot != 0) {
         if (shm::WakeSlot* s = core_->wake_table().slot(slot - 1)) shm::ring(*s);
     }
