@@ -36,6 +36,9 @@ namespace shmctx::detail {
 
 /// Data bytes of a control ring: a 16 KiB control record (the default cap) is a sixteenth.
 inline constexpr std::size_t kControlRingDataBytes = std::size_t{256} * 1024;
+/// How much of what waits in a control ring a reader starts fetching at once: a few records
+/// (a Start is about 200 bytes, a Started or Return about 100).
+inline constexpr std::size_t kControlPrefetchBytes = 512;
 /// The ring record kind of control records (one kind: the FlatBuffer says the rest).
 inline constexpr std::uint16_t kControlRecordKind = 1;
 /// Ring record kinds of stream data: kDataKindBase + PayloadKind (so kinds 16..20).
@@ -192,6 +195,7 @@ bool Link::send_owing(bool* owes, Owed&& owed, Encode&& encode, shm::Publish pub
     {
         const std::lock_guard lock(out_mu_);
         if (out_broken_) return false;
+        out_.prefetch_for_write();  // their transfer overlaps the encoding below
         if (owes != nullptr && *owes) {
             if (!write_locked(owed(encoder_), shm::Publish::deferred)) return false;
             *owes = false;
@@ -217,6 +221,7 @@ std::size_t Link::read_control(Fn&& fn, std::size_t max, bool wait_for_lock) {
     } else if (!lock.try_lock()) {
         return 0;
     }
+    in_->prefetch_unread(kControlPrefetchBytes);
     std::size_t n = 0;
     while (n < max) {
         shm::RecordView record;

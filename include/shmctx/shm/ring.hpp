@@ -54,6 +54,7 @@
 // commit (or per batch with Publish::deferred + publish()), one per release/drain.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstddef>
@@ -267,6 +268,16 @@ public:
                        std::uint16_t flags = 0, Publish publish = Publish::now) noexcept;
     /// Publishes every deferred commit (one release store) and wakes a blocked consumer.
     WriteResult publish() noexcept;
+    /// A hint: starts fetching the cache lines the next try_write() touches first, so that
+    /// their transfer from the consumer's core overlaps what the caller does before writing
+    /// (e.g. encoding the record): the consumer's cold line (check_space() and publish() read
+    /// it; the consumer writes it when it advertises a wake slot), our tail's line and the
+    /// data line at the tail (both written; the consumer reads them). Changes nothing.
+    void prefetch_for_write() const noexcept {
+        __builtin_prefetch(&header_->consumer.data_cell, 0, 3);
+        __builtin_prefetch(&header_->producer.tail_bytes, 1, 3);
+        __builtin_prefetch(data_ + (tail_ & mask_), 1, 3);
+    }
     /// try_claim + memcpy + commit.
     WriteResult try_write(std::uint16_t kind, std::span<const std::byte> payload,
                           std::uint16_t flags = 0, Publish publish = Publish::now) noexcept;
@@ -411,6 +422,22 @@ public:
         header_->consumer.data_cell.waiter.store(slot_index ? *slot_index + 1 : 0,
                                                  std::memory_order::relaxed);
         if (slot_index) storeload_fence();  // [wake.storeload] pairs with wake_cell()'s
+    }
+    /// A hint: starts fetching the cache lines of what the producer has published and we have
+    /// not read yet, at most `max_bytes` of it, so that the transfers of a record's lines from
+    /// the producer's core overlap instead of following one another as the record is decoded.
+    /// Changes nothing; the bytes are read (and validated) by next() as always.
+    void prefetch_unread(std::size_t max_bytes) const noexcept {
+        // relaxed: a hint; next() acquires the tail before it reads anything. The word is the
+        // peer's: read once, and whatever it holds only picks which of our data lines (masked,
+        // at most max_bytes of them) are prefetched.
+        const std::uint64_t tail = header_->producer.tail_bytes.load(std::memory_order::relaxed);
+        if (tail <= position_) return;
+        const std::uint64_t end = position_ + std::min<std::uint64_t>(tail - position_, max_bytes);
+        for (std::uint64_t at = position_ & ~std::uint64_t{kCacheLine - 1}; at < end;
+             at += kCacheLine) {
+            __builtin_prefetch(data_ + (at & mask_), 0, 3);
+        }
     }
     /// A hint, safe from any thread (it reads only the shared words): the producer's tail is
     /// not the released head, so something is unread (or held). For threads that poll a ring
