@@ -257,8 +257,9 @@ void ContextState::on_stream_open(const shm::CarveDescriptor& descriptor) {
         Lock lock(mu_);
         if (!in_ && !finished_) {
             const std::span<std::byte> region = arena->attach(descriptor);  // ProtocolError
-            in_.emplace(shm::RingReader::attach(region, descriptor.generation, link_->peer_wakes(),
-                                                shm::RingReaderOptions{kMaxDataKind}));
+            in_ = std::make_unique<shm::RingReader>(
+                shm::RingReader::attach(region, descriptor.generation, link_->peer_wakes(),
+                                        shm::RingReaderOptions{kMaxDataKind}));
             in_desc_ = descriptor;
             if (stream_options_) {
                 if (stream_options_->msg_buffer_size != 0) {
@@ -676,7 +677,8 @@ void ContextState::ensure_out_ring() {
                                                               : core_->options().msg_buffer_size;
     params.allow_overruns = peer_settings.allow_overruns;
     try {
-        out_.emplace(shm::RingWriter::create(carve.body, params, link_->peer_wakes()));
+        out_ = std::make_unique<shm::RingWriter>(
+            shm::RingWriter::create(carve.body, params, link_->peer_wakes()));
     } catch (...) {
         link_->release(carve.descriptor);
         throw;

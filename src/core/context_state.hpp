@@ -187,9 +187,11 @@ private:
     bool stop_sent_ = false;
     std::optional<StreamOptions> stream_options_;
     std::optional<shm::CarveDescriptor> in_desc_;
-    std::optional<shm::RingReader> in_;   // attached by the control loop; read by the receiver
-    std::atomic<bool> in_ready_{false};   // [ctx.in] in_ is set (release), receiver acquires
-    std::optional<shm::RingWriter> out_;  // sender thread only (after creation)
+    // The rings are allocated apart (only a streaming context has them): without their 600
+    // bytes a ContextState fits the allocator's per-thread cache, every context allocates one.
+    std::unique_ptr<shm::RingReader> in_;   // attached by the control loop; read by the receiver
+    std::atomic<bool> in_ready_{false};     // [ctx.in] in_ is set (release), receiver acquires
+    std::unique_ptr<shm::RingWriter> out_;  // sender thread only (after creation)
     shm::CarveDescriptor out_desc_{};
     bool holding_ = false;  // receiver holds a record (released at the next receive)
     /// Child: the StartAck (our inbound settings, own_) is not written yet. ActorCore::on_start
