@@ -758,8 +758,10 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
     Payload args = Payload::copy(wire::from_fb(start.args()));
     SubmitRefusal why{};
     const bool submitted = pool_.try_submit(
-        [self = shared_from_this(), ctx, exposed = std::move(exposed), args = std::move(args)] {
-            self->run_endpoint(ctx, exposed->endpoint, args);
+        // `this`, not a second owner: ctx holds the core (ContextState::core_) as long as the
+        // task holds ctx, and the pool is ours (shutdown waits for its tasks).
+        [this, ctx, exposed = std::move(exposed), args = std::move(args)] {
+            run_endpoint(ctx, exposed->endpoint, args);
         },
         &why);
     if (!submitted) {
