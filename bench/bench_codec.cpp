@@ -42,13 +42,12 @@ struct RecordSlot {
 void BM_ControlStartEncodeVerify(benchmark::State& state) {
     wire::ControlEncoder enc;
     RecordSlot slot;
-    const wire::UidRef caller{"feed-handler", uuid_of(1)};
     const Payload args = Payload::value(std::string_view("ACME"));
     std::uint64_t seq = 0;
     std::size_t bytes = 0;
     for (auto _ : state) {
         ++seq;
-        const auto buf = enc.start({{uuid_of(2), seq}, "subscribe", args, caller, {64, false}});
+        const auto buf = enc.start({{uuid_of(2), seq}, "subscribe", args, {64, false}});
         const wire::ControlView v = wire::decode_control(slot.put(buf));
         const auto* start = v.as<shmctx::wire::fb::Start>();
         if (start == nullptr || start->cid() == nullptr || start->cid()->seq() != seq) {

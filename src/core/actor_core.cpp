@@ -374,29 +374,59 @@ std::shared_ptr<const ActorCore::LinkList> ActorCore::links_snapshot() const {
     return link_list_;
 }
 
+namespace {
+
+/// The link list a helping thread polls, held (strongly) only while it helps: help_poll runs in
+/// spin loops, where even the per-thread cache's weak-pointer lock (two atomic RMWs per
+/// poll) slows the watch down. Re-read when links_version_ moves.
+struct HelpCursor {
+    const ActorCore* core = nullptr;
+    std::uint64_t version = 0;
+    std::shared_ptr<const std::vector<std::shared_ptr<Link>>> list;
+};
+constinit thread_local HelpCursor t_help;
+
+}  // namespace
+
 void ActorCore::helping(bool on) noexcept {
     try {
         if (on) {
             // [core.helpers] pairs with the control loop's helped(): it sleeps unadvertised.
-            if (helpers_.fetch_add(1, std::memory_order::acq_rel) == 0) {
-                const std::shared_ptr<const LinkList> links = cached_links();
-                for (const auto& link : *links) link->advertise_doorbell(false);
+            const bool first = helpers_.fetch_add(1, std::memory_order::acq_rel) == 0;
+            // [core.links] pairs with publish_links_locked(): read before the list.
+            t_help.version = links_version_.load(std::memory_order::acquire);
+            t_help.list = links_snapshot();
+            t_help.core = this;
+            if (first) {
+                for (const auto& link : *t_help.list) link->advertise_doorbell(false);
             }
             return;
         }
+        // The list is dropped on the way out, however we leave: a thread that stopped helping
+        // must not keep an actor's links (and their arenas) alive.
+        struct Release {
+            Release() = default;
+            Release(const Release&) = delete;
+            Release& operator=(const Release&) = delete;
+            ~Release() {
+                t_help.core = nullptr;
+                t_help.list.reset();
+            }
+        } release;
         if (helpers_.fetch_sub(1, std::memory_order::acq_rel) != 1) return;
         // The last helper out: the control loop may sleep unadvertised. Advertise for it, then
         // look once more ([wake.storeload] inside advertise_doorbell): a record published
         // before a producer could see the advertisement is found here. We read such records
         // ourselves (a wake-up would cost the loop's thread a CPU that we are on anyway) and
-        // look again; only a ring that keeps filling is left to the loop, with a ring.
-        const std::shared_ptr<const LinkList> links = cached_links();
+        // look again; only a ring that keeps filling is left to the loop, with a ring. The
+        // advertisement is stored (and fenced) once: the later looks are ordered after it
+        // already, and a helper that came in meanwhile withdrew it on purpose.
+        const std::shared_ptr<const LinkList> links =
+            t_help.core == this ? t_help.list : cached_links();
+        for (const auto& link : *links) link->advertise_doorbell(true);
         for (int round = 0;; ++round) {
             bool pending = false;
-            for (const auto& link : *links) {
-                link->advertise_doorbell(true);
-                pending = pending || link->control_readable();
-            }
+            for (const auto& link : *links) pending = pending || link->control_readable();
             if (!pending) return;
             if (round == 2 || !help_poll()) {
                 wake_control_loop();  // busy, or being read by someone else right now
@@ -432,8 +462,22 @@ std::shared_ptr<const ActorCore::LinkList> ActorCore::cached_links() const {
 }
 
 bool ActorCore::help_poll() noexcept {
-    const std::shared_ptr<const LinkList> list = cached_links();
-    const LinkList& links = *list;
+    std::shared_ptr<const LinkList> list;  // only outside a helping scope (see HelpCursor)
+    if (t_help.core == this) {
+        // [core.links] pairs with publish_links_locked(): a new version means a new list.
+        const std::uint64_t version = links_version_.load(std::memory_order::acquire);
+        if (version != t_help.version) {
+            try {
+                t_help.list = links_snapshot();
+                t_help.version = version;
+            } catch (...) {
+                return false;  // the list we hold still works; the next poll tries again
+            }
+        }
+    } else {
+        list = cached_links();
+    }
+    const LinkList& links = t_help.core == this ? *t_help.list : *list;
     bool worked = false;
     for (const auto& link : links) {
         try {
@@ -702,11 +746,6 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
         BoxedError boxed = box(e, uid_, cid, fn);
         (void)link->send([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(0)); });
     };
-    if (wire::from_fb(*start.caller()).uuid != link->peer().uuid) {
-        ship_error(std::make_exception_ptr(ProtocolError(
-            "Start of " + cid.to_string() + " names a caller other than the link's peer")));
-        return;
-    }
     std::shared_ptr<const Exposed> exposed;  // shared, not copied: a Start copies no function
     {
         const std::lock_guard lock(mu_);
@@ -731,16 +770,18 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
         ship_error(std::current_exception());
         return;
     }
-    // Deferred: the parent needs the StartAck only with the Started, Return or Error that
-    // follows it (it carries our inbound settings for data sent after Started), and every one
-    // of those publishes it. One publish (and fence) less on every context's critical path.
-    (void)link->send([&](wire::ControlEncoder& enc) { return enc.start_ack(cid, own); },
-                     shm::Publish::deferred);
+    // The StartAck is owed, not written here: the context's first record (its Started,
+    // Return or Error) carries it, written ahead of it in the same write section and published
+    // with it (ContextState::ship). The parent needs it only with that record (it holds our
+    // inbound settings for data sent after Started). A refused task (below) gets no StartAck:
+    // its Error says that no task was scheduled.
     Payload args = Payload::copy(wire::from_fb(start.args()));
     SubmitRefusal why{};
     const bool submitted = pool_.try_submit(
-        [self = shared_from_this(), ctx, exposed = std::move(exposed), args = std::move(args)] {
-            self->run_endpoint(ctx, exposed->endpoint, args);
+        // `this`, not a second owner: ctx holds the core (ContextState::core_) as long as the
+        // task holds ctx, and the pool is ours (shutdown waits for its tasks).
+        [this, ctx, exposed = std::move(exposed), args = std::move(args)] {
+            run_endpoint(ctx, exposed->endpoint, args);
         },
         &why);
     if (!submitted) {

@@ -59,7 +59,8 @@ ContextState::ContextState(std::shared_ptr<ActorCore> core, std::shared_ptr<Link
       cid_(cid),
       fn_(std::move(fn)),
       own_(own),
-      scope_(scope_parent, scope_also) {}
+      scope_(scope_parent, scope_also),
+      start_ack_owed_(side == Side::child) {}
 
 ContextState::~ContextState() = default;
 
@@ -72,11 +73,15 @@ Context ContextState::handle(std::shared_ptr<ContextState> state) noexcept {
 
 void ContextState::notify() noexcept {
     // [ctx.event] pairs with [ctx.event] in receive(): the change is published before the wake.
-    events_.fetch_add(1, std::memory_order::release);
+    // [wake.storeload] without a fence of our own: this seq_cst increment and the seq_cst load
+    // of the advertisement below, against the receiver's fence between its waiting_slot_ store
+    // and its events_ load, leave no outcome where both miss (C++20 [atomics.order]: a fence
+    // before a read that misses our increment precedes it in S; our load that misses the
+    // receiver's store precedes that fence; the increment precedes our load). The increment
+    // is a full barrier already where it matters (x86 lock xadd): no second one per event.
+    events_.fetch_add(1, std::memory_order::seq_cst);
     cv_.notify_all();
-    shm::storeload_fence();  // [wake.storeload]: events_ before reading the advertisement
-    // relaxed: ordered by the fence above (the receiver stores it before its own fence).
-    const std::uint32_t slot = waiting_slot_.load(std::memory_order::relaxed);
+    const std::uint32_t slot = waiting_slot_.load(std::memory_order::seq_cst);
     if (slot != 0) {
         if (shm::WakeSlot* s = core_->wake_table().slot(slot - 1)) shm::ring(*s);
     }
@@ -172,11 +177,8 @@ bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& sto
 // ---- control loop ----
 
 void ContextState::on_start_ack(const wire::ContextSettings& peer_settings) {
-    {
-        const Lock lock(mu_);
-        peer_settings_ = peer_settings;
-    }
-    notify();
+    const Lock lock(mu_);
+    peer_settings_ = peer_settings;
 }
 
 void ContextState::on_started(PayloadView value) {
@@ -251,8 +253,9 @@ void ContextState::on_stream_open(const shm::CarveDescriptor& descriptor) {
         Lock lock(mu_);
         if (!in_ && !finished_) {
             const std::span<std::byte> region = arena->attach(descriptor);  // ProtocolError
-            in_.emplace(shm::RingReader::attach(region, descriptor.generation, link_->peer_wakes(),
-                                                shm::RingReaderOptions{kMaxDataKind}));
+            in_ = std::make_unique<shm::RingReader>(
+                shm::RingReader::attach(region, descriptor.generation, link_->peer_wakes(),
+                                        shm::RingReaderOptions{kMaxDataKind}));
             in_desc_ = descriptor;
             if (stream_options_) {
                 if (stream_options_->msg_buffer_size != 0) {
@@ -319,7 +322,6 @@ void ContextState::send_start(PayloadView args) {
         f.cid = cid_;
         f.fn_name = fn_;
         f.args = args;
-        f.caller = wire::UidRef{self().name, self().uuid};
         f.options = own_;
         const std::span<const std::byte> rec = enc.start(f);
         if (rec.size() > enc.max_record_bytes()) {

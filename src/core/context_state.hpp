@@ -61,6 +61,8 @@ public:
     Link& link() const noexcept { return *link_; }
 
     // ---- control loop: records what arrived (never blocks) ----
+    /// Records the peer's inbound settings and wakes nobody: nothing waits for a StartAck alone
+    /// (the Started, Return or Error it travels with does the waking).
     void on_start_ack(const wire::ContextSettings& peer_settings);
     void on_started(PayloadView value);
     void on_stop(std::uint64_t data_seq);
@@ -180,9 +182,14 @@ private:
     void post_scope_cancel(std::optional<Uid> canceller, std::string reason);
     /// The end of our inbound data as far as known (Stop/Return data_seq), or nullopt.
     std::optional<std::uint64_t> end_seq_locked() const noexcept;
+    /// Sends one of our records; a child's first one carries the StartAck it owes.
     template <class Encode>
     bool ship(Encode&& encode) {
-        return link_->send(std::forward<Encode>(encode));
+        if (side_ == Side::parent) return link_->send(std::forward<Encode>(encode));
+        return link_->send_owing(
+            &start_ack_owed_,
+            [this](wire::ControlEncoder& enc) { return enc.start_ack(cid_, own_); },
+            std::forward<Encode>(encode));
     }
 
     std::shared_ptr<ActorCore> core_;
@@ -217,8 +224,10 @@ private:
     bool stop_reading_ = false;  // wait_for_result() ran: our inbound ring is closed
     std::optional<StreamOptions> stream_options_;
     std::optional<shm::CarveDescriptor> in_desc_;
-    std::optional<shm::RingReader> in_;  // attached by the control loop; read by the receiver
-    std::atomic<bool> in_ready_{false};  // [ctx.in] in_ is set (release), receiver acquires
+    // The inbound ring is allocated apart (only a streaming context has one), so that a
+    // ContextState stays small enough for the allocator's per-thread cache.
+    std::unique_ptr<shm::RingReader> in_;  // attached by the control loop; read by the receiver
+    std::atomic<bool> in_ready_{false};    // [ctx.in] in_ is set (release), receiver acquires
     // Sender thread (after creation); assigned under mu_, published by [ctx.out] for notify().
     std::shared_ptr<OutboundStream> out_;
     std::atomic<OutboundStream*> out_raw_{nullptr};  // [ctx.out]
@@ -226,6 +235,10 @@ private:
     std::atomic<std::uint32_t> send_waiting_slot_{0};  // a send() blocked on a full ring
     shm::CarveDescriptor out_desc_{};
     bool holding_ = false;  // receiver holds a record (released at the next receive)
+    /// Child: the StartAck (our inbound settings, own_) is not written yet. ActorCore::on_start
+    /// leaves it to our first record (ship()), so that both cost one write section. Guarded
+    /// by the link's producer lock (Link::send_owing).
+    bool start_ack_owed_;
     std::atomic<bool> cancel_called_{false};
     std::atomic<std::uint32_t> blockers_{0};  // [ctx.blockers] "a sender must look under mu_"
     std::atomic<bool> receiving_{false};

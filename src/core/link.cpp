@@ -3,6 +3,7 @@
 #include <new>
 #include <utility>
 
+#include "core/cancel_scope.hpp"  // NonBlockingThreadMark
 #include "shmctx/errors.hpp"
 #include "shmctx/shm/names.hpp"
 
@@ -181,6 +182,23 @@ void Link::release(const shm::CarveDescriptor& descriptor) noexcept {
     } catch (const std::exception&) {
         // A descriptor we did not hand out: a bug of ours, never the peer's doing; keep going.
     }
+}
+
+void Link::wake_reader_soon(std::uint64_t published) noexcept {
+    if (!NonBlockingThreadMark::active()) {
+        const Clock::time_point until = Clock::now() + kWakeGrace;
+        // Both ways out are safe: a reader that withdrew its advertisement reads (or, leaving,
+        // advertises again and looks after its fence: it sees our tail, stored before our own
+        // fence in consumer_waits_for), and one that released past `published` has our record.
+        for (unsigned turn = 1;; ++turn) {
+            if (!out_.consumer_waits_for(published)) return;
+            if ((turn % 16U) == 0 && Clock::now() >= until) break;
+            shm::cpu_relax();
+        }
+    }
+    const std::lock_guard lock(out_mu_);
+    // [wake.storeload] + ring, as publish() would have done at once.
+    if (out_.wake_consumer() != shm::WriteResult::ok) out_broken_ = true;
 }
 
 void Link::advertise_doorbell(bool sleeping) noexcept {

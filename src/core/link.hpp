@@ -14,6 +14,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -25,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "shmctx/deadline.hpp"
 #include "shmctx/ids.hpp"
 #include "shmctx/shm/actor_file.hpp"
 #include "shmctx/shm/arena.hpp"
@@ -36,6 +38,13 @@ namespace shmctx::detail {
 
 /// Data bytes of a control ring: a 16 KiB control record (the default cap) is a sixteenth.
 inline constexpr std::size_t kControlRingDataBytes = std::size_t{256} * 1024;
+/// How long a sender watches whether the peer's reader comes back by itself before it wakes it
+/// (Link::wake_reader_soon): well below a futex wake-up's cost on a VM (tens of microseconds),
+/// above the few hundred nanoseconds in which a reader between two waits comes back.
+inline constexpr Duration kWakeGrace = std::chrono::microseconds(2);
+/// How much of what waits in a control ring a reader starts fetching at once: a few records
+/// (a Start is about 200 bytes, a Started or Return about 100).
+inline constexpr std::size_t kControlPrefetchBytes = 512;
 /// The ring record kind of control records (one kind: the FlatBuffer says the rest).
 inline constexpr std::uint16_t kControlRecordKind = 1;
 /// Ring record kinds of stream data: kDataKindBase + PayloadKind (so kinds 16..20).
@@ -126,6 +135,14 @@ public:
     /// ring's tail covers every record before it): for a record nobody waits for alone.
     template <class Encode>
     bool send(Encode&& encode, shm::Publish publish = shm::Publish::now);
+    /// send(), preceded under the same lock by the record `owed(ControlEncoder&)` returns when
+    /// `*owes` (then cleared; `*owes` is guarded by our producer lock): a context's StartAck
+    /// travels with that context's first reply, in one write section (docs/protocol.md §9.4).
+    /// The owed record is written deferred: the reply's publish covers it, and if `encode`
+    /// throws, the next record published on the link does.
+    template <class Owed, class Encode>
+    bool send_owing(bool* owes, Owed&& owed, Encode&& encode,
+                    shm::Publish publish = shm::Publish::now);
     /// Carves a data ring region from our arena (thread-safe); collects detached carves first.
     shm::Carve carve(std::size_t bytes);
     /// Gives a data-ring carve back (reused once the peer detached it, or the peer is dead).
@@ -141,6 +158,12 @@ public:
 private:
     /// Under out_mu_: writes one record or queues it; returns false when the ring is broken.
     bool write_locked(std::span<const std::byte> record, shm::Publish publish);
+    /// Without out_mu_: the wake a publish owes the peer's reader (its cell is in block mode).
+    /// A reader that is about to look anyway (a waiting thread of the peer coming back to read,
+    /// which withdraws the advertisement, or one that reads past `published`) needs none, and
+    /// a futex wake would cost us a system call and the peer a CPU: so we first watch for
+    /// that for at most kWakeGrace (not on a thread that must never wait: it wakes at once).
+    void wake_reader_soon(std::uint64_t published) noexcept;
 
     Uid self_;
     shm::PeerActor peer_;
@@ -173,14 +196,37 @@ private:
 
 template <class Encode>
 bool Link::send(Encode&& encode, shm::Publish publish) {
+    return send_owing(
+        nullptr, [](wire::ControlEncoder&) { return std::span<const std::byte>(); },
+        std::forward<Encode>(encode), publish);
+}
+
+template <class Owed, class Encode>
+bool Link::send_owing(bool* owes, Owed&& owed, Encode&& encode, shm::Publish publish) {
     bool queued = false;
+    bool wake_owed = false;
+    std::uint64_t published = 0;
     {
         const std::lock_guard lock(out_mu_);
         if (out_broken_) return false;
+        out_.prefetch_for_write();  // their transfer overlaps the encoding below
+        if (owes != nullptr && *owes) {
+            if (!write_locked(owed(encoder_), shm::Publish::deferred)) return false;
+            *owes = false;
+        }
         const std::span<const std::byte> record = encode(encoder_);
-        if (!write_locked(record, publish)) return false;
+        if (!write_locked(record, shm::Publish::deferred)) return false;
+        if (publish == shm::Publish::now) {
+            // The wake, if the peer's reader advertised one, is left to wake_reader_soon().
+            if (out_.publish_deferring_wake(wake_owed) != shm::WriteResult::ok) {
+                out_broken_ = true;
+                return false;
+            }
+            published = out_.published_tail();
+        }
         queued = !outbox_.empty();
     }
+    if (wake_owed) wake_reader_soon(published);
     // Something waits in the outbox: make sure the control loop looks at it.
     if (queued && on_outbox_) on_outbox_();
     return true;
@@ -198,6 +244,7 @@ std::size_t Link::read_control(Fn&& fn, std::size_t max, bool wait_for_lock) {
     } else if (!lock.try_lock()) {
         return 0;
     }
+    in_->prefetch_unread(kControlPrefetchBytes);
     std::size_t n = 0;
     while (n < max) {
         shm::RecordView record;

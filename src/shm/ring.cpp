@@ -144,6 +144,15 @@ WriteResult RingWriter::wake_consumer() noexcept {
     return WriteResult::ok;
 }
 
+bool RingWriter::consumer_waits_for(std::uint64_t tail) const noexcept {
+    storeload_fence();  // [wake.storeload] pairs with the fence after the consumer advertises
+    const WakeCell& cell = header_->consumer.data_cell;
+    // relaxed (both): ordered after our tail store by the fence above; hints read once.
+    if (cell.waiter.load(std::memory_order::relaxed) == 0) return false;
+    const std::uint64_t head = header_->consumer.head_bytes.load(std::memory_order::relaxed);
+    return head < tail;
+}
+
 WaitStatus RingWriter::wait_writable(std::size_t bytes, Waiter& waiter, const Deadline& deadline,
                                      const std::stop_token& stop, WaitPolicy policy) {
     return wait_writable_or(

@@ -113,7 +113,7 @@ std::size_t touch_all(const ControlView& v) {
         if (c != nullptr) sum += from_fb(*c).seq;
     };
     if (const auto* m1 = v.as<fb::Start>()) {
-        cid(m1->cid()), str(m1->fn_name()), val(m1->args()), uid(m1->caller());
+        cid(m1->cid()), str(m1->fn_name()), val(m1->args());
         if (m1->options() != nullptr) sum += m1->options()->msg_buffer_size();
     } else if (const auto* m2 = v.as<fb::StartAck>()) {
         cid(m2->cid());
@@ -154,7 +154,7 @@ std::vector<std::vector<std::byte>> all_messages() {
     std::vector<std::vector<std::byte>> out;
     auto keep = [&](std::span<const std::byte> b) { out.emplace_back(b.begin(), b.end()); };
     const Payload args = Payload::value(std::string_view("ticker=ACME"));
-    keep(enc.start({kCid, "subscribe", args, kAlice, {128, true}}));
+    keep(enc.start({kCid, "subscribe", args, {128, true}}));
     keep(enc.start_ack(kCid, {32, false}));
     keep(enc.started(kCid, Payload::value(7)));
     keep(enc.stop(kCid, 9));
@@ -178,7 +178,7 @@ std::vector<std::vector<std::byte>> all_messages() {
 TEST(WireCodec, StartRoundTripsEveryField) {
     ControlEncoder enc;
     const Payload args = Payload::value(std::string_view("ticker=ACME"));
-    const Record rec(enc.start({kCid, "subscribe", args, kAlice, {128, true}}));
+    const Record rec(enc.start({kCid, "subscribe", args, {128, true}}));
     const ControlView v = decode_control(rec.span());
     ASSERT_EQ(v.type(), fb::ControlBody::Start);
     EXPECT_EQ(v.type_name(), "Start");
@@ -187,7 +187,6 @@ TEST(WireCodec, StartRoundTripsEveryField) {
     ASSERT_NE(m, nullptr);
     EXPECT_EQ(from_fb(*m->cid()), kCid);
     EXPECT_EQ(m->fn_name()->string_view(), "subscribe");
-    expect_uid(m->caller(), kAlice);
     ASSERT_NE(m->options(), nullptr);
     EXPECT_EQ(must(m->options()).msg_buffer_size(), 128U);
     EXPECT_TRUE(must(m->options()).allow_overruns());
@@ -389,7 +388,7 @@ TEST(WireCodec, StreamOpenLinkAndHeartbeatRoundTrip) {
 TEST(WireCodec, EncodedRecordsAreAlignedAndCarryTheFileIdentifier) {
     ControlEncoder enc;
     const Payload big = Payload::copy(PayloadView(std::string(333, 'x')));
-    const auto buf = enc.start({kCid, "f", big, kAlice, {}});
+    const auto buf = enc.start({kCid, "f", big, {}});
     EXPECT_EQ(reinterpret_cast<std::uintptr_t>(buf.data()) % 8, 0U);
     EXPECT_EQ(buf.size() % 8, 0U);
     EXPECT_EQ(std::memcmp(buf.data() + 4, "SHMC", 4), 0);
@@ -478,7 +477,7 @@ TEST(WireDecode, RootOffsetPastTheEndIsADecodeError) {
 
 TEST(WireDecode, FieldOffsetPastTheEndIsADecodeError) {
     ControlEncoder enc;
-    Record rec(enc.start({kCid, "subscribe", PayloadView("a"), kAlice, {}}));
+    Record rec(enc.start({kCid, "subscribe", PayloadView("a"), {}}));
     const auto* start = decode_control(rec.span()).as<fb::Start>();
     ASSERT_NE(start, nullptr);
     // The fn_name field holds a uoffset relative to its own position: aim it past the end.
@@ -495,7 +494,7 @@ TEST(WireDecode, FieldOffsetPastTheEndIsADecodeError) {
 
 TEST(WireDecode, StringLengthPastTheEndIsADecodeError) {
     ControlEncoder enc;
-    Record rec(enc.start({kCid, "subscribe", PayloadView("a"), kAlice, {}}));
+    Record rec(enc.start({kCid, "subscribe", PayloadView("a"), {}}));
     const auto* start = decode_control(rec.span()).as<fb::Start>();
     const auto at = static_cast<std::size_t>(
         reinterpret_cast<const std::byte*>(must(start).fn_name()) - rec.span().data());
@@ -543,7 +542,7 @@ TEST(WireDecode, UnknownOrMissingMessageTypeIsADecodeError) {
 TEST(WireDecode, MissingRequiredFieldIsADecodeError) {
     flatbuffers::FlatBufferBuilder fbb;
     const auto fn = fbb.CreateString("f");
-    // Built by hand: StartBuilder::Finish() would assert on the missing required cid/caller.
+    // Built by hand: StartBuilder::Finish() would assert on the missing required cid.
     const auto table_start = fbb.StartTable();
     fbb.AddOffset(fb::Start::VT_FN_NAME, fn);
     const flatbuffers::Offset<fb::Start> start(fbb.EndTable(table_start));
@@ -565,8 +564,7 @@ TEST(WireDecode, NilIdsAndUnknownPayloadKindsAreDecodeErrors) {
         }
     };
     expect_error(enc.stop(Cid{uuid_of(1), 0}, 1), "Stop.cid is a nil context id");
-    expect_error(enc.start({kCid, "f", {}, UidRef{"x", Uuid{}}, {}}),
-                 "Start.caller has a nil uuid");
+    expect_error(enc.start({Cid{uuid_of(1), 0}, "f", {}, {}}), "Start.cid is a nil context id");
     const std::byte junk[3]{};
     expect_error(enc.started(kCid, PayloadView(static_cast<PayloadKind>(9), junk)),
                  "unknown payload kind 9");

@@ -17,7 +17,7 @@ inline constexpr std::size_t kFalseSharingRange = 128;
 /// Bumped on any change of a shared structure's size or field offsets.
 inline constexpr std::uint32_t kLayoutVersion = 2;
 /// Bumped on any change of message meaning on the control ring.
-inline constexpr std::uint32_t kProtocolVersion = 1;
+inline constexpr std::uint32_t kProtocolVersion = 2;
 
 /// Rounds `v` up to a multiple of `align` (a power of two).
 constexpr std::size_t align_up(std::size_t v, std::size_t align) noexcept {

@@ -54,6 +54,7 @@
 // commit (or per batch with Publish::deferred + publish()), one per release/drain.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstddef>
@@ -299,6 +300,30 @@ public:
                        std::uint16_t flags = 0, Publish publish = Publish::now) noexcept;
     /// Publishes every deferred commit (one release store) and wakes a blocked consumer.
     WriteResult publish() noexcept;
+    /// publish() without the wake: `wake_owed` says whether the consumer's cell is out of
+    /// busy_spin mode, in which case the caller owes it wake_consumer(), at once or after
+    /// watching consumer_waits_for() a little (a consumer about to look anyway needs none).
+    WriteResult publish_deferring_wake(bool& wake_owed) noexcept;
+    /// [wake.storeload] (pairs with the consumer's fence after it advertises), then whether the
+    /// consumer still advertises a wake slot and has not released up to `tail` (a tail we
+    /// published). Reads only shared words and no producer state, so it may run beside
+    /// another thread that writes under the producer's lock. A peer's corrupt words can only
+    /// make it answer false (no wake): the consumer's own loss.
+    bool consumer_waits_for(std::uint64_t tail) const noexcept;
+    /// [wake.storeload] + wake of an advertised consumer (the wake publish() does).
+    WriteResult wake_consumer() noexcept;
+    /// The tail the consumer can see (deferred commits excluded).
+    std::uint64_t published_tail() const noexcept { return published_tail_; }
+    /// A hint: starts fetching the cache lines the next try_write() touches first, so that
+    /// their transfer from the consumer's core overlaps what the caller does before writing
+    /// (e.g. encoding the record): the consumer's cold line (check_space() and publish() read
+    /// it; the consumer writes it when it advertises a wake slot), our tail's line and the
+    /// data line at the tail (both written; the consumer reads them). Changes nothing.
+    void prefetch_for_write() const noexcept {
+        __builtin_prefetch(&header_->consumer.data_cell, 0, 3);
+        __builtin_prefetch(&header_->producer.tail_bytes, 1, 3);
+        __builtin_prefetch(data_ + (tail_ & mask_), 1, 3);
+    }
     /// try_claim + memcpy + commit.
     WriteResult try_write(std::uint16_t kind, std::span<const std::byte> payload,
                           std::uint16_t flags = 0, Publish publish = Publish::now) noexcept;
@@ -390,8 +415,6 @@ private:
     [[gnu::cold]] WriteResult fail(const char* what, std::uint64_t a, std::uint64_t b,
                                    std::uint64_t c) noexcept;
     WriteResult check_space(std::size_t bytes, std::uint64_t& padding) noexcept;
-    /// [wake.storeload] + wake of an advertised consumer (cell mode is not busy_spin).
-    WriteResult wake_consumer() noexcept;
 
     RingHeader* header_;
     std::byte* data_;
@@ -485,6 +508,22 @@ public:
     /// Consumer thread: a record is committed beyond what was handed out (try_read would not
     /// return empty), or the ring is broken (try_read reports it).
     bool has_unread() noexcept { return failed_ || position_ != cached_tail_ || refresh_tail(); }
+    /// A hint: starts fetching the cache lines of what the producer has published and we have
+    /// not read yet, at most `max_bytes` of it, so that the transfers of a record's lines from
+    /// the producer's core overlap instead of following one another as the record is decoded.
+    /// Changes nothing; the bytes are read (and validated) by next() as always.
+    void prefetch_unread(std::size_t max_bytes) const noexcept {
+        // relaxed: a hint; next() acquires the tail before it reads anything. The word is the
+        // peer's: read once, and whatever it holds only picks which of our data lines (masked,
+        // at most max_bytes of them) are prefetched.
+        const std::uint64_t tail = header_->producer.tail_bytes.load(std::memory_order::relaxed);
+        if (tail <= position_) return;
+        const std::uint64_t end = position_ + std::min<std::uint64_t>(tail - position_, max_bytes);
+        for (std::uint64_t at = position_ & ~std::uint64_t{kCacheLine - 1}; at < end;
+             at += kCacheLine) {
+            __builtin_prefetch(data_ + (at & mask_), 0, 3);
+        }
+    }
     /// A hint, safe from any thread (it reads only the shared words): the producer's tail is
     /// not the released head, so something is unread (or held). For threads that poll a ring
     /// another thread reads (under a lock) before they take that lock.
@@ -632,6 +671,13 @@ inline WriteResult RingWriter::commit(const RingClaim& claim, std::size_t used_b
 }
 
 inline WriteResult RingWriter::publish() noexcept {
+    bool wake_owed = false;
+    const WriteResult r = publish_deferring_wake(wake_owed);
+    return wake_owed ? wake_consumer() : r;
+}
+
+inline WriteResult RingWriter::publish_deferring_wake(bool& wake_owed) noexcept {
+    wake_owed = false;
     if (failed_) return WriteResult::protocol_error;
     if (tail_ == published_tail_) return WriteResult::ok;
     RingProducerBlock& producer = header_->producer;
@@ -645,11 +691,9 @@ inline WriteResult RingWriter::publish() noexcept {
     published_tail_ = tail_;
     // relaxed: a hint; while the consumer busy-spins it never blocks, so no fence or wake is
     // needed (wake.hpp). wake_consumer() rereads it after its own checks.
-    if (header_->consumer.data_cell.mode.load(std::memory_order::relaxed) ==
-        static_cast<std::uint32_t>(WaitMode::busy_spin)) {
-        return WriteResult::ok;
-    }
-    return wake_consumer();
+    wake_owed = header_->consumer.data_cell.mode.load(std::memory_order::relaxed) !=
+                static_cast<std::uint32_t>(WaitMode::busy_spin);
+    return WriteResult::ok;
 }
 
 inline WriteResult RingWriter::try_write(std::uint16_t kind, std::span<const std::byte> payload,

@@ -56,7 +56,6 @@ struct StartFields {
     Cid cid;
     std::string_view fn_name;
     PayloadView args;
-    UidRef caller;
     ContextSettings options;
 };
 
