@@ -599,8 +599,7 @@ void ContextState::open_stream(const StreamOptions& options) {
                                cid_.to_string() + ")");
     }
     stream_opened_ = true;
-    stream_options_ = options;
-    send_options_ = options;  // read by the stream's threads, which get the MsgStream later
+    stream_options_ = std::make_unique<const StreamOptions>(options);
     if (in_) {
         if (options.msg_buffer_size != 0) in_->set_capacity_msgs(options.msg_buffer_size);
         if (options.allow_overruns) in_->set_allow_overruns(*options.allow_overruns);
@@ -693,7 +692,7 @@ void ContextState::ensure_out_ring() {
     try {
         out = std::make_shared<OutboundStream>(
             shm::RingWriter::create(carve.body, params, link_->peer_wakes()),
-            SpillLimits{send_options_.spill_cap_msgs, send_options_.spill_cap_bytes},
+            SpillLimits{stream_options().spill_cap_msgs, stream_options().spill_cap_bytes},
             "context " + cid_.to_string() + " to " + peer().to_string());
     } catch (...) {
         link_->release(carve.descriptor);
@@ -845,7 +844,7 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
             if (limit != OverrunLimit::spill_cap) out.ring().note_overrun();
             return SendStatus::full;
         }
-        if (send_options_.on_full == OnFull::raise) {
+        if (stream_options().on_full == OnFull::raise) {
             if (limit != OverrunLimit::spill_cap) out.ring().note_overrun();
             std::string detail;
             switch (limit) {
@@ -858,8 +857,8 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
                         "its inbound ring has no room for " + std::to_string(max_bytes) + " bytes";
                     break;
                 default:
-                    detail = "our spill holds " + std::to_string(send_options_.spill_cap_msgs) +
-                             " messages or " + std::to_string(send_options_.spill_cap_bytes) +
+                    detail = "our spill holds " + std::to_string(stream_options().spill_cap_msgs) +
+                             " messages or " + std::to_string(stream_options().spill_cap_bytes) +
                              " bytes at most";
                     break;
             }
@@ -867,8 +866,9 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
         }
         // on_full = block: wait for space (or spill room), the peer's end, an error or cancel.
         if (!block_deadline) {
-            block_deadline = send_options_.block_timeout ? Deadline(*send_options_.block_timeout)
-                                                         : Deadline::never();
+            block_deadline = stream_options().block_timeout
+                                 ? Deadline(*stream_options().block_timeout)
+                                 : Deadline::never();
         }
         const std::uint32_t seen = events_.load(std::memory_order::acquire);  // [ctx.event]
         const auto changed = [&] {
@@ -985,7 +985,7 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
                 }
                 const PayloadView view(static_cast<PayloadKind>(record.kind - kDataKindBase),
                                        record.payload);
-                if (send_options_.copy_on_receive) {
+                if (stream_options().copy_on_receive) {
                     out = Message(std::make_shared<const Payload>(Payload::copy(view)));
                     in_->release();  // the copy owns the bytes: free the slot at once
                 } else {

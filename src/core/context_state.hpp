@@ -167,6 +167,11 @@ private:
     void settle_spill(bool flush) noexcept;
     /// Asks the drainer to discard our spill (the peer ended, the context failed).
     void discard_spill_async() noexcept;
+    /// The stream's options (defaults before open_stream(); stream threads only after it).
+    const StreamOptions& stream_options() const noexcept {
+        static const StreamOptions kDefaults;
+        return stream_options_ ? *stream_options_ : kDefaults;
+    }
     void notify() noexcept;
     /// Waits (mutex held on entry and exit) until `pred()`, `stop` or `deadline`; true iff
     /// `pred()`. Watches events_ for ActorOptions::spin_before_sleep before it sleeps on cv_.
@@ -222,7 +227,11 @@ private:
     bool stream_closed_ = false;  // our close (or the end of the context)
     bool stop_sent_ = false;
     bool stop_reading_ = false;  // wait_for_result() ran: our inbound ring is closed
-    std::optional<StreamOptions> stream_options_;
+    // open_stream()'s options: set once under mu_ before the MsgStream exists, never changed,
+    // so the stream's threads (which get the MsgStream later) read them without the lock.
+    // Allocated apart: only a streaming context has them (ContextState stays in the malloc
+    // per-thread cache's size range).
+    std::unique_ptr<const StreamOptions> stream_options_;
     std::optional<shm::CarveDescriptor> in_desc_;
     // The inbound ring is allocated apart (only a streaming context has one), so that a
     // ContextState stays small enough for the allocator's per-thread cache.
@@ -230,8 +239,7 @@ private:
     std::atomic<bool> in_ready_{false};    // [ctx.in] in_ is set (release), receiver acquires
     // Sender thread (after creation); assigned under mu_, published by [ctx.out] for notify().
     std::shared_ptr<OutboundStream> out_;
-    std::atomic<OutboundStream*> out_raw_{nullptr};  // [ctx.out]
-    StreamOptions send_options_;  // open_stream()'s, read by the stream's threads
+    std::atomic<OutboundStream*> out_raw_{nullptr};    // [ctx.out]
     std::atomic<std::uint32_t> send_waiting_slot_{0};  // a send() blocked on a full ring
     shm::CarveDescriptor out_desc_{};
     bool holding_ = false;  // receiver holds a record (released at the next receive)
