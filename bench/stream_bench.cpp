@@ -28,6 +28,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -143,6 +144,15 @@ void busy_wait(Clock::time_point until) {
     }
 }
 
+/// Pins the calling thread to `cpu` (the throughput phase sits where the raw ring's two
+/// processes sit: sender on the harness's parent CPU, reader on its peer CPU).
+void pin_this_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(static_cast<std::size_t>(cpu), &set);
+    (void)sched_setaffinity(0, sizeof set, &set);
+}
+
 // ---- the server process ----
 
 /// "sink": args "count slow_ns slow_count". Reads `count` messages with drain(), checking that
@@ -151,7 +161,19 @@ void busy_wait(Clock::time_point until) {
 Payload sink(Context& ctx, const Payload& args) {
     std::istringstream in(args.value<std::string>());
     std::uint64_t count = 0, slow_ns = 0, slow_count = 0;
-    in >> count >> slow_ns >> slow_count;
+    int cpu = -1;
+    in >> count >> slow_ns >> slow_count >> cpu;
+    // A pool thread: give it its mask back afterwards (the next context may run on it).
+    cpu_set_t before;
+    const bool restore = cpu >= 0 && sched_getaffinity(0, sizeof before, &before) == 0;
+    struct Unpin {
+        bool on;
+        cpu_set_t* mask;
+        ~Unpin() {
+            if (on) (void)sched_setaffinity(0, sizeof *mask, mask);
+        }
+    } unpin{restore, &before};
+    if (cpu >= 0) pin_this_thread(cpu);
     ctx.started();
     MsgStream stream = ctx.open_stream();
     std::uint64_t next = 0;
@@ -208,8 +230,27 @@ int server_main(const std::vector<std::string_view>& args) {
 
 // ---- the parent ----
 
-double ring_throughput(const Config& cfg, const std::string& ns, const std::atomic<bool>* stop) {
+/// The CPUs this process may use at start; bench::run() pins the calling thread, so every
+/// round names the same two CPUs and the thread gets this mask back afterwards (the stream
+/// phases run where the scheduler puts them).
+struct Cpus {
+    cpu_set_t mask{};
+    std::vector<int> first_two;
+};
+
+Cpus initial_cpus() {
+    Cpus c;
+    if (sched_getaffinity(0, sizeof c.mask, &c.mask) != 0) return c;
+    for (int cpu = 0; cpu < CPU_SETSIZE && c.first_two.size() < 2; ++cpu) {
+        if (CPU_ISSET(static_cast<std::size_t>(cpu), &c.mask)) c.first_two.push_back(cpu);
+    }
+    return c;
+}
+
+double ring_throughput(const Config& cfg, const std::string& ns, const std::atomic<bool>* stop,
+                       const Cpus& cpus) {
     Options o;
+    if (cpus.first_two.size() == 2) o.cpus = cpus.first_two;
     o.tests = {Test::throughput};
     o.transports = {"shmctx-drain"};
     o.modes = {Mode::block};
@@ -220,6 +261,7 @@ double ring_throughput(const Config& cfg, const std::string& ns, const std::atom
     o.stop = stop;
     std::ostringstream progress;
     const Report rep = run(o, progress);
+    (void)sched_setaffinity(0, sizeof cpus.mask, &cpus.mask);  // unpin (see Cpus)
     if (rep.batches.size() != 1 || rep.batches[0].cells.size() != 1 ||
         rep.batches[0].cells[0].msgs_per_s.size() != 1) {
         throw std::logic_error("harness report: expected one throughput run");
@@ -233,10 +275,13 @@ std::array<std::byte, kMessageBytes> message_for(std::uint64_t seq) {
     return m;
 }
 
-/// B: messages/s of one stream run.
-double stream_throughput(Portal& portal, std::uint64_t messages) {
+/// B: messages/s of one stream run; sender and reader pinned like the raw ring's processes.
+double stream_throughput(Portal& portal, std::uint64_t messages, const Cpus& cpus) {
     double rate = 0;
-    const std::string args = std::to_string(messages) + " 0 0";
+    const bool pin = cpus.first_two.size() == 2;
+    const std::string args =
+        std::to_string(messages) + " 0 0 " + std::to_string(pin ? cpus.first_two[1] : -1);
+    if (pin) pin_this_thread(cpus.first_two[0]);
     auto result =
         portal.open_context("sink", Payload::value(args).view(), [&](Context& ctx, const Payload&) {
             StreamOptions so;
@@ -251,6 +296,7 @@ double stream_throughput(Portal& portal, std::uint64_t messages) {
             const double s = std::chrono::duration<double>(Clock::now() - t0).count();
             rate = static_cast<double>(messages) / s;
         });
+    (void)sched_setaffinity(0, sizeof cpus.mask, &cpus.mask);  // unpin
     result.outcome.rethrow_if_error();
     return rate;
 }
@@ -266,7 +312,31 @@ struct SpillFigures {
     double drain_rate = 0;        // msg/s of the backlog once the consumer is fast
     double drainer_cpu_pct = -1;  // over the idle window
     double idle_window_s = 0;
+    long drainer_sleeps_flush = 0;  // the drainer's futex sleeps while close() flushed
+    long sender_faults = 0;         // minor page faults of the sending thread while it sent
+    long sender_switches = 0;       // involuntary context switches of the sending thread
 };
+
+/// Voluntary context switches (sleeps) of this process's thread named `comm` (-1 if none).
+long thread_sleeps(std::string_view comm) {
+    DIR* dir = opendir("/proc/self/task");
+    if (dir == nullptr) return -1;
+    long result = -1;
+    while (dirent* e = readdir(dir)) {
+        if (e->d_name[0] == '.') continue;
+        const std::string base = std::string("/proc/self/task/") + e->d_name;
+        std::ifstream c(base + "/comm");
+        std::string name;
+        std::getline(c, name);
+        if (name != comm) continue;
+        std::ifstream st(base + "/status");
+        for (std::string line; std::getline(st, line);) {
+            if (line.rfind("voluntary_ctxt_switches:", 0) == 0) result = std::stol(line.substr(24));
+        }
+    }
+    closedir(dir);
+    return result;
+}
 
 /// CPU seconds of this process's thread named `comm` (-1 if none).
 double thread_cpu_seconds(std::string_view comm) {
@@ -313,6 +383,8 @@ SpillFigures spill_run(Portal& portal, const Config& cfg) {
             so.spill_cap_msgs = total + 1;  // the bar is about the spill, not its cap
             MsgStream stream = ctx.open_stream(so);
             const auto period = std::chrono::duration<double>(1.0 / cfg.rate);
+            rusage ru0{};
+            (void)getrusage(RUSAGE_THREAD, &ru0);
             const auto t0 = Clock::now();
             for (std::uint64_t i = 0; i < total; ++i) {
                 busy_wait(t0 + std::chrono::duration_cast<Clock::duration>(period * i));
@@ -332,7 +404,13 @@ SpillFigures spill_run(Portal& portal, const Config& cfg) {
                 all.push_back(ns);
             }
             f.sent = total;
+            rusage ru1{};
+            (void)getrusage(RUSAGE_THREAD, &ru1);
+            f.sender_faults = ru1.ru_minflt - ru0.ru_minflt;
+            f.sender_switches = ru1.ru_nivcsw - ru0.ru_nivcsw;
+            const long sleeps_before = thread_sleeps("shmctx-drain");
             stream.close();  // flushes the spill
+            f.drainer_sleeps_flush = thread_sleeps("shmctx-drain") - sleeps_before;
             const shm::RingCounters c = stream.outbound_counters();
             f.high_water = c.spill_high_water;
             f.drained = c.spill_drained;
@@ -379,6 +457,7 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
     if (const std::string line = peer.read_line(Deadline(10s)); line != "ready") {
         throw std::runtime_error("server: expected \"ready\", got \"" + line + "\"");
     }
+    const Cpus cpus = initial_cpus();
     std::vector<double> ring, stream, ratio;
     SpillFigures spill;
     {
@@ -387,10 +466,11 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
         o.data_ring_bytes = kRingBytes;
         Actor client("stream-client", o);
         Portal portal = client.connect(server_name, 10s);
-        (void)stream_throughput(portal, std::min<std::uint64_t>(cfg.messages, 100'000));  // warm-up
+        (void)stream_throughput(portal, std::min<std::uint64_t>(cfg.messages, 100'000),
+                                cpus);  // warm-up
         for (int r = 0; r < cfg.rounds && !stop.load(std::memory_order::relaxed); ++r) {
-            const double a = ring_throughput(cfg, ns, &stop);
-            const double b = stream_throughput(portal, cfg.messages);
+            const double a = ring_throughput(cfg, ns, &stop, cpus);
+            const double b = stream_throughput(portal, cfg.messages, cpus);
             ring.push_back(a);
             stream.push_back(b);
             ratio.push_back(b / a);
@@ -421,12 +501,15 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
               << "  send while spilling: p50 " << format_ns(spill.send_spilling.p50) << ", p99 "
               << format_ns(spill.send_spilling.p99) << ", p99.9 "
               << format_ns(spill.send_spilling.p999) << " (bar <= 5us), max "
-              << format_ns(spill.send_spilling.max) << "\n"
+              << format_ns(spill.send_spilling.max) << "; the sending thread took "
+              << spill.sender_faults << " minor page faults and was preempted "
+              << spill.sender_switches << " times\n"
               << "  every send:          p50 " << format_ns(spill.send_all.p50) << ", p99.9 "
               << format_ns(spill.send_all.p999) << "\n"
               << "  drain rate once the consumer is fast: " << si(spill.drain_rate)
               << "msg/s = " << std::setprecision(3) << spill.drain_rate / rs.median
-              << "x the raw ring median (bar >= 0.5)\n"
+              << "x the raw ring median (bar >= 0.5); the drainer slept "
+              << spill.drainer_sleeps_flush << " times while close() flushed\n"
               << "  drainer CPU over a " << std::setprecision(2) << spill.idle_window_s
               << " s idle window: " << std::setprecision(3) << spill.drainer_cpu_pct
               << " % (bar < 1 %)\n";

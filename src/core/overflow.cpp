@@ -2,8 +2,11 @@
 #include "core/overflow.hpp"
 
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <new>
 #include <utility>
 
@@ -13,8 +16,139 @@ namespace shmctx::detail {
 
 // ============================== OutboundStream ==============================
 
+// ============================== SpillArena ==============================
+
+namespace {
+
+/// mmap'd and pre-faulted, or nullptr.
+void* map_populated(std::size_t bytes) noexcept {
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+}
+
+}  // namespace
+
+/// At the start of its mapping. `state`: live items in the low bits, kSealed once the sender
+/// moved on; exactly one thread sees the transition to "sealed and empty" and recycles it.
+struct SpillArena::Chunk {
+    static constexpr std::uint64_t kSealed = std::uint64_t{1} << 63;
+    SpillArena* arena;
+    std::atomic<std::uint64_t> state;
+};
+static_assert(sizeof(SpillArena::Chunk) <= 64);
+namespace {
+constexpr std::size_t kChunkHeader = 64;  // keeps payloads 16-byte aligned
+}  // namespace
+
+SpillArena::~SpillArena() {
+    if (current_ != nullptr) ::munmap(current_, kChunkBytes);
+    for (Chunk* c : kept_) ::munmap(c, kChunkBytes);
+}
+
+SpillArena::Chunk* SpillArena::fresh_chunk() {
+    {
+        const std::lock_guard lock(mu_);
+        if (!kept_.empty()) {
+            Chunk* c = kept_.back();
+            kept_.pop_back();
+            return c;
+        }
+    }
+    void* p = map_populated(kChunkBytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return new (p) Chunk{this, {0}};
+}
+
+SpillArena::Block SpillArena::allocate(std::size_t bytes) {
+    if (bytes == 0) return {};
+    const std::size_t need = (bytes + 15) & ~std::size_t{15};
+    if (need > kChunkBytes / 4) {
+        auto* p = static_cast<std::byte*>(std::malloc(bytes));
+        if (p == nullptr) throw std::bad_alloc();
+        return {p, nullptr};
+    }
+    if (current_ == nullptr || kChunkHeader + used_ + need > kChunkBytes) {
+        Chunk* next = fresh_chunk();
+        if (current_ != nullptr) {
+            // acq_rel: orders the releases of this chunk's items (theirs) with our seal.
+            const std::uint64_t before =
+                current_->state.fetch_add(Chunk::kSealed, std::memory_order::acq_rel);
+            if (before == 0) recycle(current_);  // every item already released
+        }
+        // relaxed: nobody else holds a reference to a chunk with no live items.
+        next->state.store(0, std::memory_order::relaxed);
+        current_ = next;
+        used_ = 0;
+    }
+    // acq_rel: pairs with the releasing thread's fetch_sub (the item's bytes are reused only
+    // after every reader let go).
+    current_->state.fetch_add(1, std::memory_order::acq_rel);
+    std::byte* data = reinterpret_cast<std::byte*>(current_) + kChunkHeader + used_;
+    used_ += need;
+    return {data, current_};
+}
+
+void SpillArena::release(const Block& block) noexcept {
+    if (block.data == nullptr) return;
+    if (block.chunk == nullptr) {
+        std::free(block.data);
+        return;
+    }
+    // acq_rel: our reads of the bytes happen before a recycler reuses them.
+    const std::uint64_t before = block.chunk->state.fetch_sub(1, std::memory_order::acq_rel);
+    if (before == Chunk::kSealed + 1) block.chunk->arena->recycle(block.chunk);
+}
+
+void SpillArena::recycle(Chunk* chunk) noexcept {
+    {
+        const std::lock_guard lock(mu_);
+        if (kept_.size() < kKeptChunks) {
+            kept_.push_back(chunk);
+            return;
+        }
+    }
+    ::munmap(chunk, kChunkBytes);
+}
+
+// ============================== SpillQueueTraits ==============================
+
+namespace {
+/// Header in front of every block moodycamel gets from us, so free() knows how it was made.
+struct alignas(16) QueueBlockHeader {
+    std::size_t mapped_bytes;  // 0: heap
+};
+constexpr std::size_t kQueueHeader = 64;
+constexpr std::size_t kMapFrom = 64 * 1024;  // the item blocks; small internals use the heap
+}  // namespace
+
+void*(SpillQueueTraits::malloc)(std::size_t size) {
+    const std::size_t total = size + kQueueHeader;
+    void* p = total >= kMapFrom ? map_populated(total) : std::malloc(total);
+    if (p == nullptr) return nullptr;
+    new (p) QueueBlockHeader{total >= kMapFrom ? total : 0};
+    return static_cast<std::byte*>(p) + kQueueHeader;
+}
+
+void(SpillQueueTraits::free)(void* ptr) {
+    if (ptr == nullptr) return;
+    void* base = static_cast<std::byte*>(ptr) - kQueueHeader;
+    const std::size_t mapped = static_cast<QueueBlockHeader*>(base)->mapped_bytes;
+    if (mapped != 0) {
+        ::munmap(base, mapped);
+    } else {
+        std::free(base);
+    }
+}
+
+// ============================== OutboundStream ==============================
+
 OutboundStream::OutboundStream(shm::RingWriter ring, SpillLimits limits, std::string label)
-    : ring_(std::move(ring)), limits_(limits), label_(std::move(label)), token_(queue_) {}
+    : ring_(std::move(ring)),
+      limits_(limits),
+      label_(std::move(label)),
+      queue_(0),  // no blocks until the first spill: most streams never spill
+      token_(queue_) {}
 
 OutboundStream::SpillResult OutboundStream::check_caps(std::size_t bytes) const noexcept {
     if (discarding()) return SpillResult::discarding;
@@ -33,9 +167,11 @@ OutboundStream::SpillResult OutboundStream::spill(std::uint16_t kind,
                                                   OverflowDrainer& drainer) {
     const SpillResult r = check_caps(payload.size());
     if (r != SpillResult::queued) return r;
-    SpillItem item{kind, static_cast<std::uint32_t>(payload.size()),
-                   std::make_unique_for_overwrite<std::byte[]>(payload.size())};
-    if (!payload.empty()) std::memcpy(item.bytes.get(), payload.data(), payload.size());
+    SpillItem item;
+    item.kind = kind;
+    item.size = static_cast<std::uint32_t>(payload.size());
+    item.block = arena_.allocate(payload.size());
+    if (!payload.empty()) std::memcpy(item.block.data, payload.data(), payload.size());
     return enqueue(std::move(item), drainer);
 }
 

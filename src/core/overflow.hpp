@@ -33,6 +33,7 @@
 #include <span>
 #include <stop_token>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "shmctx/deadline.hpp"
@@ -49,12 +50,75 @@ struct SpillLimits {
     std::uint64_t max_bytes = std::uint64_t{256} << 20;
 };
 
-/// One queued message: its record kind and an owned copy of the payload.
+/// Payload memory of one stream's spill. A spilling sender must not take a page fault per few
+/// dozen messages (each costs microseconds on a VM: the spill's send p99.9 bar), so payloads go
+/// into 1 MiB chunks mapped pre-faulted (MAP_POPULATE), carved in order by the sending thread
+/// and released by whichever thread drops the item (the drainer). A chunk the sender left and
+/// whose items are all released is kept for reuse (up to kKeptChunks per stream) or unmapped.
+/// Payloads over a quarter chunk use the heap.
+/// Thread-safety: allocate() from the sending thread only; release() from any thread.
+class SpillArena {
+public:
+    struct Chunk;
+    /// Where one payload lives; `chunk` is null for a heap block.
+    struct Block {
+        std::byte* data = nullptr;
+        Chunk* chunk = nullptr;
+    };
+    static constexpr std::size_t kChunkBytes = std::size_t{1} << 20;
+    static constexpr std::size_t kKeptChunks = 4;
+
+    SpillArena() = default;
+    SpillArena(const SpillArena&) = delete;
+    SpillArena& operator=(const SpillArena&) = delete;
+    /// Every Block must have been released.
+    ~SpillArena();
+
+    /// `bytes` of payload space (std::bad_alloc when the memory cannot be mapped).
+    Block allocate(std::size_t bytes);
+    static void release(const Block& block) noexcept;
+
+private:
+    void recycle(Chunk* chunk) noexcept;
+    Chunk* fresh_chunk();
+
+    Chunk* current_ = nullptr;  // sending thread
+    std::size_t used_ = 0;      // bytes of current_ handed out (after its header)
+    std::mutex mu_;             // guards kept_
+    std::vector<Chunk*> kept_;
+};
+
+/// One queued message: its record kind and a copy of the payload in the stream's SpillArena.
 struct SpillItem {
     std::uint16_t kind = 0;
     std::uint32_t size = 0;
-    std::unique_ptr<std::byte[]> bytes;
-    std::span<const std::byte> payload() const noexcept { return {bytes.get(), size}; }
+    SpillArena::Block block;
+
+    SpillItem() = default;
+    SpillItem(SpillItem&& other) noexcept
+        : kind(other.kind), size(other.size), block(std::exchange(other.block, {})) {}
+    SpillItem& operator=(SpillItem&& other) noexcept {
+        if (this != &other) {
+            SpillArena::release(block);
+            kind = other.kind;
+            size = other.size;
+            block = std::exchange(other.block, {});
+        }
+        return *this;
+    }
+    SpillItem(const SpillItem&) = delete;
+    SpillItem& operator=(const SpillItem&) = delete;
+    ~SpillItem() { SpillArena::release(block); }
+    std::span<const std::byte> payload() const noexcept { return {block.data, size}; }
+};
+
+/// moodycamel settings for the spill queue: 4096-item blocks whose memory is mapped
+/// pre-faulted, for the same reason as SpillArena (the queue keeps its blocks for reuse until
+/// it is destroyed: a stream's spill memory stays at its high water while the stream lives).
+struct SpillQueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
+    static constexpr std::size_t BLOCK_SIZE = 4096;
+    static void*(malloc)(std::size_t size);
+    static void(free)(void* ptr);
 };
 
 /// One stream direction's producer: the data ring and the spill in front of it.
@@ -87,8 +151,10 @@ public:
                            OverflowDrainer& drainer) {
         const SpillResult r = check_caps(max_bytes);
         if (r != SpillResult::queued) return r;
-        SpillItem item{kind, 0, std::make_unique_for_overwrite<std::byte[]>(max_bytes)};
-        const std::size_t used = fill(std::span<std::byte>(item.bytes.get(), max_bytes));
+        SpillItem item;
+        item.kind = kind;
+        item.block = arena_.allocate(max_bytes);
+        const std::size_t used = fill(std::span<std::byte>(item.block.data, max_bytes));
         if (used == kAbandonedFill) return SpillResult::abandoned;
         item.size = static_cast<std::uint32_t>(used < max_bytes ? used : max_bytes);
         return enqueue(std::move(item), drainer);
@@ -155,7 +221,8 @@ private:
     shm::RingWriter ring_;
     const SpillLimits limits_;
     const std::string label_;  // "context <cid> to <peer>", for the discard log
-    moodycamel::ConcurrentQueue<SpillItem> queue_;
+    SpillArena arena_;         // before the queue and held_: their items release into it
+    moodycamel::ConcurrentQueue<SpillItem, SpillQueueTraits> queue_;
     moodycamel::ProducerToken token_;  // the sending thread's (rule 1)
 
     // Sending thread only.
