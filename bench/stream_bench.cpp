@@ -169,6 +169,9 @@ Payload sink(Context& ctx, const Payload& args) {
     struct Unpin {
         bool on;
         cpu_set_t* mask;
+        Unpin(bool o, cpu_set_t* m) : on(o), mask(m) {}
+        Unpin(const Unpin&) = delete;
+        Unpin& operator=(const Unpin&) = delete;
         ~Unpin() {
             if (on) (void)sched_setaffinity(0, sizeof *mask, mask);
         }
@@ -418,7 +421,7 @@ SpillFigures spill_run(Portal& portal, const Config& cfg) {
             reply = ctx.wait_for_result().value().value<std::string>();
         });
     result.outcome.rethrow_if_error();
-    const std::uint64_t fast_ns = parse_number<std::uint64_t>("fast_ns", reply.substr(8));
+    const auto fast_ns = parse_number<std::uint64_t>("fast_ns", reply.substr(8));
     f.drain_rate = static_cast<double>(total - slow_count) / (static_cast<double>(fast_ns) / 1e9);
     f.send_spilling = round_trip_percentiles(spilling);
     f.send_all = round_trip_percentiles(all);
