@@ -320,52 +320,48 @@ struct SpillFigures {
     long sender_switches = 0;       // involuntary context switches of the sending thread
 };
 
-/// Voluntary context switches (sleeps) of this process's thread named `comm` (-1 if none).
-long thread_sleeps(std::string_view comm) {
+/// "/proc/self/task/<tid>" of this process's thread named `comm`, or empty.
+std::string thread_dir(std::string_view comm) {
     DIR* dir = opendir("/proc/self/task");
-    if (dir == nullptr) return -1;
-    long result = -1;
+    if (dir == nullptr) return {};
+    std::string found;
     while (dirent* e = readdir(dir)) {
         if (e->d_name[0] == '.') continue;
         const std::string base = std::string("/proc/self/task/") + e->d_name;
         std::ifstream c(base + "/comm");
         std::string name;
         std::getline(c, name);
-        if (name != comm) continue;
-        std::ifstream st(base + "/status");
-        for (std::string line; std::getline(st, line);) {
-            if (line.rfind("voluntary_ctxt_switches:", 0) == 0) result = std::stol(line.substr(24));
-        }
+        if (name == comm) found = base;
     }
     closedir(dir);
-    return result;
+    return found;
+}
+
+/// Voluntary context switches (sleeps) of this process's thread named `comm` (-1 if none).
+long thread_sleeps(std::string_view comm) {
+    const std::string base = thread_dir(comm);
+    if (base.empty()) return -1;
+    std::ifstream st(base + "/status");
+    for (std::string line; std::getline(st, line);) {
+        if (line.rfind("voluntary_ctxt_switches:", 0) == 0) return std::stol(line.substr(24));
+    }
+    return -1;
 }
 
 /// CPU seconds of this process's thread named `comm` (-1 if none).
 double thread_cpu_seconds(std::string_view comm) {
-    DIR* dir = opendir("/proc/self/task");
-    if (dir == nullptr) return -1;
-    double result = -1;
-    while (dirent* e = readdir(dir)) {
-        if (e->d_name[0] == '.') continue;
-        const std::string base = std::string("/proc/self/task/") + e->d_name;
-        std::ifstream c(base + "/comm");
-        std::string name;
-        std::getline(c, name);
-        if (name != comm) continue;
-        std::ifstream s(base + "/stat");
-        std::string stat((std::istreambuf_iterator<char>(s)), std::istreambuf_iterator<char>());
-        const std::size_t close = stat.rfind(')');
-        if (close == std::string::npos) continue;
-        std::istringstream fields(stat.substr(close + 2));
-        std::string skip;
-        for (int i = 0; i < 11; ++i) fields >> skip;  // fields 3..13
-        long utime = 0, stime = 0;
-        fields >> utime >> stime;
-        result = static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-    }
-    closedir(dir);
-    return result;
+    const std::string base = thread_dir(comm);
+    if (base.empty()) return -1;
+    std::ifstream s(base + "/stat");
+    const std::string stat((std::istreambuf_iterator<char>(s)), std::istreambuf_iterator<char>());
+    const std::size_t close = stat.rfind(')');
+    if (close == std::string::npos) return -1;
+    std::istringstream fields(stat.substr(close + 2));
+    std::string skip;
+    for (int i = 0; i < 11; ++i) fields >> skip;  // fields 3..13
+    long utime = 0, stime = 0;
+    fields >> utime >> stime;
+    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 SpillFigures spill_run(Portal& portal, const Config& cfg) {

@@ -952,6 +952,10 @@ ContextState::Poll ContextState::poll_inbound(Read&& read, std::exception_ptr& e
         in_->release();
         holding_ = false;
     }
+    if (in_error_) {  // a corrupt inbound ring: every later read raises it again
+        error = in_error_;
+        return Poll::error;
+    }
     if (blockers_.load(std::memory_order::acquire) & (kBlockRemoteError | kBlockTransport)) {
         const Lock lock(mu_);
         // spec §2.4 receive(): a recorded error is raised, even our own cancel's ack.
@@ -978,9 +982,11 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
             const shm::ReadResult r = in_->try_read(record);
             if (r == shm::ReadResult::ok) {
                 if (record.kind < kDataKindBase) {
-                    err = std::make_exception_ptr(ProtocolError(
+                    in_->release();
+                    in_error_ = std::make_exception_ptr(ProtocolError(
                         "data ring of context " + cid_.to_string() + ": record kind " +
                         std::to_string(record.kind) + " is not a payload kind"));
+                    err = in_error_;
                     return Poll::error;
                 }
                 const PayloadView view(static_cast<PayloadKind>(record.kind - kDataKindBase),
@@ -995,9 +1001,10 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
                 return Poll::message;
             }
             if (r == shm::ReadResult::protocol_error) {
-                err = std::make_exception_ptr(ProtocolError("data ring of context " +
-                                                            cid_.to_string() + ": " +
-                                                            std::string(in_->error_text())));
+                in_error_ = std::make_exception_ptr(ProtocolError("data ring of context " +
+                                                                  cid_.to_string() + ": " +
+                                                                  std::string(in_->error_text())));
+                err = in_error_;
                 return Poll::error;
             }
             return Poll::empty;
@@ -1028,6 +1035,16 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
     return status != shm::WaitStatus::timed_out;
 }
 
+void ContextState::raise_poll(Poll p, const std::exception_ptr& error) const {
+    if (p == Poll::error) std::rethrow_exception(error);
+    if (p == Poll::closed) {
+        throw EndOfChannel("the stream of context " + cid_.to_string() +
+                           " was closed by this side");
+    }
+    throw EndOfChannel("the " + std::string(to_string(opposite(side_))) + " side of context " +
+                       cid_.to_string() + " ended its stream");
+}
+
 std::optional<Message> ContextState::receive(Deadline deadline, bool raise) {
     for (;;) {
         // [ctx.event] pairs with [ctx.event] in notify(): read before looking, so an event
@@ -1035,20 +1052,9 @@ std::optional<Message> ContextState::receive(Deadline deadline, bool raise) {
         const std::uint32_t seen = events_.load(std::memory_order::acquire);
         Message msg;
         std::exception_ptr error;
-        switch (poll_locked_out(msg, error)) {
-            case Poll::message:
-                return msg;
-            case Poll::error:
-                std::rethrow_exception(error);
-            case Poll::closed:
-                throw EndOfChannel("the stream of context " + cid_.to_string() +
-                                   " was closed by this side");
-            case Poll::ended:
-                throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
-                                   " side of context " + cid_.to_string() + " ended its stream");
-            case Poll::empty:
-                break;
-        }
+        const Poll p = poll_locked_out(msg, error);
+        if (p == Poll::message) return msg;
+        if (p != Poll::empty) raise_poll(p, error);
         if (!wait_inbound(seen, deadline, raise)) return std::nullopt;
     }
 }
@@ -1061,49 +1067,37 @@ std::size_t ContextState::drain(MessageSink sink, std::size_t max) {
         std::exception_ptr error;
         const Poll p = poll_inbound(
             [&](std::exception_ptr& err) {
-                bool bad_kind = false;
+                std::uint16_t bad_kind = 0;
                 const shm::RingReader::DrainResult r = in_->drain(
                     [&](const shm::RecordView& record) {
+                        if (bad_kind != 0) return;  // nothing after a corrupt record counts
                         if (record.kind < kDataKindBase) {
-                            bad_kind = true;
+                            bad_kind = record.kind;
                             return;
                         }
-                        if (bad_kind) return;
                         ++count;
                         sink(Message(
                             PayloadView(static_cast<PayloadKind>(record.kind - kDataKindBase),
                                         record.payload)));
                     },
                     max);
-                if (bad_kind) {
-                    err = std::make_exception_ptr(
-                        ProtocolError("data ring of context " + cid_.to_string() +
-                                      ": a record kind is not a payload kind"));
-                    return count != 0 ? Poll::message : Poll::error;
+                if (bad_kind != 0) {
+                    in_error_ = std::make_exception_ptr(ProtocolError(
+                        "data ring of context " + cid_.to_string() + ": record kind " +
+                        std::to_string(bad_kind) + " is not a payload kind"));
+                } else if (r.status == shm::ReadResult::protocol_error) {
+                    in_error_ = std::make_exception_ptr(
+                        ProtocolError("data ring of context " + cid_.to_string() + ": " +
+                                      std::string(in_->error_text())));
                 }
-                if (r.status == shm::ReadResult::protocol_error && count == 0) {
-                    err = std::make_exception_ptr(ProtocolError("data ring of context " +
-                                                                cid_.to_string() + ": " +
-                                                                std::string(in_->error_text())));
-                    return Poll::error;
-                }
-                return count != 0 ? Poll::message : Poll::empty;
+                // The messages before a corruption are delivered; its error comes next call.
+                if (count != 0) return Poll::message;
+                err = in_error_;
+                return in_error_ ? Poll::error : Poll::empty;
             },
             error);
-        switch (p) {
-            case Poll::message:
-                return count;
-            case Poll::error:
-                std::rethrow_exception(error);
-            case Poll::closed:
-                throw EndOfChannel("the stream of context " + cid_.to_string() +
-                                   " was closed by this side");
-            case Poll::ended:
-                throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
-                                   " side of context " + cid_.to_string() + " ended its stream");
-            case Poll::empty:
-                break;
-        }
+        if (p == Poll::message) return count;
+        if (p != Poll::empty) raise_poll(p, error);
         (void)wait_inbound(seen, Deadline::never(), true);
     }
 }

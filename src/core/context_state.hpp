@@ -160,6 +160,8 @@ private:
     /// Waits (receiver thread) until the inbound ring may have data or an event arrived after
     /// `seen`; false on timeout. Throws shmctx::Cancelled when `raise` and cancelled.
     bool wait_inbound(std::uint32_t seen, const Deadline& deadline, bool raise);
+    /// Raises what a poll other than message/empty means: the error, or EndOfChannel.
+    [[noreturn]] void raise_poll(Poll p, const std::exception_ptr& error) const;
     /// Raises (or returns the status of) what stops a send; nullopt when nothing does.
     std::optional<SendStatus> send_blocked(bool raise);
     /// Flushes (`flush`, waiting cancellably while the peer still reads) or discards the spill
@@ -242,7 +244,8 @@ private:
     std::atomic<OutboundStream*> out_raw_{nullptr};    // [ctx.out]
     std::atomic<std::uint32_t> send_waiting_slot_{0};  // a send() blocked on a full ring
     shm::CarveDescriptor out_desc_{};
-    bool holding_ = false;  // receiver holds a record (released at the next receive)
+    bool holding_ = false;         // receiver holds a record (released at the next receive)
+    std::exception_ptr in_error_;  // receiver: the inbound ring is corrupt (sticky)
     /// Child: the StartAck (our inbound settings, own_) is not written yet. ActorCore::on_start
     /// leaves it to our first record (ship()), so that both cost one write section. Guarded
     /// by the link's producer lock (Link::send_owing).
