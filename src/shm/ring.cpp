@@ -10,6 +10,10 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(SHMCTX_TSAN)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #include "shmctx/errors.hpp"
 #include "shmctx/shm/fault.hpp"
 
@@ -28,6 +32,19 @@ std::size_t max_payload_for(std::uint64_t data_bytes) noexcept {
 }
 
 }  // namespace
+
+#if defined(SHMCTX_TSAN)
+namespace {
+/// Process-local addresses standing for rings (by instance); a collision only adds ordering.
+char* tsan_key(std::uint64_t instance) noexcept {
+    static char keys[4096];
+    return &keys[(instance * 0x9E3779B97F4A7C15ULL) >> 52];
+}
+}  // namespace
+
+void tsan_publish(std::uint64_t instance) noexcept { __tsan_release(tsan_key(instance)); }
+void tsan_observe(std::uint64_t instance) noexcept { __tsan_acquire(tsan_key(instance)); }
+#endif
 
 void ring_contract_violation(const char* what) noexcept {
     std::fprintf(stderr, "shmctx: ring contract violation: %s\n", what);
@@ -107,6 +124,9 @@ RingWriter RingWriter::create(std::span<std::byte> region, const RingParams& par
     imm.data_bytes = data_bytes;
     imm.generation = params.generation;
     imm.max_payload_bytes = static_cast<std::uint32_t>(max_payload_for(data_bytes));
+    // relaxed: only uniqueness in this process matters (tsan_publish); published by [ring.init].
+    static std::atomic<std::uint64_t> next_instance{0};
+    imm.instance = next_instance.fetch_add(1, std::memory_order::relaxed) + 1;
     // relaxed (all stores below): nobody reads the ring before [ring.init] publishes it.
     header->producer.tail_bytes.store(0, std::memory_order::relaxed);
     header->producer.written_msgs.store(0, std::memory_order::relaxed);
@@ -122,7 +142,9 @@ RingWriter RingWriter::create(std::span<std::byte> region, const RingParams& par
     // reader that sees the magic.
     imm.magic.store(kRingMagic, std::memory_order::release);
     const std::uint64_t gen = params.generation;
-    return RingWriter(header, region.data() + sizeof(RingHeader), data_bytes, gen, consumer_wakes);
+    RingWriter writer(header, region.data() + sizeof(RingHeader), data_bytes, gen, consumer_wakes);
+    writer.instance_ = imm.instance;
+    return writer;
 }
 
 WriteResult RingWriter::fail(const char* what, std::uint64_t a, std::uint64_t b,
@@ -290,6 +312,7 @@ RingReader RingReader::attach(std::span<std::byte> region, std::uint64_t expecte
         throw ProtocolError("ring consumer head " + std::to_string(head) + " is misaligned");
     }
     reader.position_ = reader.released_ = reader.cached_tail_ = head;
+    reader.instance_ = imm.instance;  // a key for tsan_observe only; never used as an index
     reader.read_ = read;
     return reader;
 }

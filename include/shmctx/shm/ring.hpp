@@ -119,7 +119,8 @@ struct RingImmutableBlock {
     std::uint64_t generation;          ///< the arena carve's generation
     std::uint32_t max_payload_bytes;   ///< min(data_bytes / 4 - 16, 2^32 - 1): `len` is a u32
     std::uint32_t reserved0;
-    std::byte reserved[kFalseSharingRange - 40];
+    std::uint64_t instance;  ///< unique per ring in its creator's process (tsan_publish/observe)
+    std::byte reserved[kFalseSharingRange - 48];
 };
 
 /// Writer: the producer. Hot line written on every publish; cold line rarely.
@@ -197,7 +198,8 @@ static_assert(offsetof(RingProducerBlock, space_cell) == kFalseSharingRange);
 static_assert(offsetof(RingConsumerBlock, data_cell) == kFalseSharingRange);
 static_assert(offsetof(RingImmutableBlock, data_bytes) == 16 &&
               offsetof(RingImmutableBlock, generation) == 24 &&
-              offsetof(RingImmutableBlock, max_payload_bytes) == 32);
+              offsetof(RingImmutableBlock, max_payload_bytes) == 32 &&
+              offsetof(RingImmutableBlock, instance) == 40);
 static_assert(std::is_standard_layout_v<RingHeader> &&
               std::is_trivially_destructible_v<RingHeader>);
 
@@ -257,6 +259,19 @@ struct RingReaderOptions {
 constexpr std::size_t ring_region_bytes(std::size_t data_bytes) noexcept {
     return sizeof(RingHeader) + data_bytes;
 }
+
+/// ThreadSanitizer stand-ins for the ring's hand-off when both ends live in one process through
+/// two mappings of the same region (the in-process multi-actor tests): TSan sees two different
+/// addresses and so no happens-before from a publish to the read that observes it. Under
+/// SHMCTX_TSAN a publish releases, and an observe acquires, a process-local key derived from the
+/// ring's `instance`; elsewhere they compile to nothing.
+#if defined(SHMCTX_TSAN)
+void tsan_publish(std::uint64_t instance) noexcept;
+void tsan_observe(std::uint64_t instance) noexcept;
+#else
+inline void tsan_publish(std::uint64_t /*instance*/) noexcept {}
+inline void tsan_observe(std::uint64_t /*instance*/) noexcept {}
+#endif
 
 /// Aborts with `what` on stderr: a caller broke the API contract (never used for shared data).
 [[noreturn]] void ring_contract_violation(const char* what) noexcept;
@@ -422,6 +437,7 @@ private:
     std::uint64_t generation_;
     std::size_t max_payload_;
     WakeTable consumer_wakes_;
+    std::uint64_t instance_ = 0;  // RingImmutableBlock::instance (tsan_publish)
     // Producer-private state: never in shared memory.
     std::uint64_t tail_ = 0;  // private end (includes deferred commits)
     std::uint64_t published_tail_ = 0;
@@ -569,6 +585,7 @@ private:
     std::uint64_t generation_;
     std::size_t max_payload_;
     std::uint16_t max_kind_;
+    std::uint64_t instance_ = 0;  // RingImmutableBlock::instance (tsan_observe)
     WakeTable producer_wakes_;
     // Consumer-private state.
     std::uint64_t position_ = 0;     // next record to hand out
@@ -688,6 +705,7 @@ inline WriteResult RingWriter::publish_deferring_wake(bool& wake_owed) noexcept 
     // [ring.publish] pairs with [ring.observe] in RingReader::refresh_tail: the records and
     // padding before `tail_` are visible to a reader that sees this tail.
     producer.tail_bytes.store(tail_, std::memory_order::release);
+    tsan_publish(instance_);
     published_tail_ = tail_;
     // relaxed: a hint; while the consumer busy-spins it never blocks, so no fence or wake is
     // needed (wake.hpp). wake_consumer() rereads it after its own checks.
@@ -708,6 +726,7 @@ inline bool RingReader::refresh_tail() noexcept {
     // [ring.observe] pairs with [ring.publish] in RingWriter::publish.
     const std::uint64_t tail = header_->producer.tail_bytes.load(std::memory_order::acquire);
     if (tail == cached_tail_) return false;
+    tsan_observe(instance_);
     if (tail < cached_tail_ || tail - released_ > mask_ + 1 || (tail & kRecordAlignMask) != 0) {
         (void)fail(
             "producer tail moved backwards, beyond head + data bytes or off alignment "
