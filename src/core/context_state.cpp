@@ -927,8 +927,13 @@ void ContextState::settle_spill(bool flush) noexcept {
     }
     try {
         (void)out.discard_and_wait(core_->drainer());
+        return;
     } catch (...) {
-        // drainer() could only fail to start one, and a spill implies one is running.
+        // Fall through: the carve must never be given back while the drainer may hold the ring.
+    }
+    while (!out.spill_empty()) {
+        out.request_discard(core_->drainer_if_started());
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 }
 

@@ -155,6 +155,7 @@ OutboundStream::SpillResult OutboundStream::check_caps(std::size_t bytes) const 
     // relaxed (settled_): a cap on what is queued now; an older count only overestimates it.
     const std::uint64_t depth = enqueued_ - settled_.load(std::memory_order::relaxed);
     if (depth >= limits_.max_msgs) return SpillResult::cap_msgs;
+    if (depth == 0) return SpillResult::queued;  // empty: its byte total is 0, whatever we saw
     // relaxed: as above (the drainer subtracts what it wrote).
     if (queued_bytes_.load(std::memory_order::relaxed) + bytes > limits_.max_bytes) {
         return SpillResult::cap_bytes;
@@ -193,7 +194,19 @@ OutboundStream::SpillResult OutboundStream::enqueue(SpillItem item, OverflowDrai
     enqueued_shared_.store(enqueued_, std::memory_order::seq_cst);
     (void)SHMCTX_FAULT_POINT("spill.before_schedule");
     if (!scheduled_.exchange(true, std::memory_order::seq_cst)) {
-        if (!drainer.schedule(shared_from_this())) {
+        bool handed = false;
+        try {
+            handed = drainer.schedule(shared_from_this());
+        } catch (...) {
+            // Out of memory handing the stream over: nobody else holds it (scheduled_ was
+            // false), so the queue is ours; what it holds now is only what we queued since the
+            // drainer left. Take it back out, count it as discarded, and let the caller see the
+            // error (the send did not happen).
+            discard_all();
+            scheduled_.store(false, std::memory_order::seq_cst);  // [spill.schedule]
+            throw;
+        }
+        if (!handed) {
             // The drainer stopped (the actor shuts down): nobody else holds the ring.
             discarding_.store(true, std::memory_order::release);
             discard_all();
@@ -325,13 +338,20 @@ bool OutboundStream::advertise(std::optional<std::uint32_t> slot) noexcept {
 
 void OutboundStream::discard_all() noexcept {
     std::uint64_t dropped = 0;
+    std::uint64_t bytes = 0;
     if (held_) {
+        bytes += held_->size;
         held_.reset();
         ++dropped;
     }
     SpillItem item;
-    while (queue_.try_dequeue_from_producer(token_, item)) ++dropped;
-    queued_bytes_.store(0, std::memory_order::relaxed);  // relaxed: as in check_caps
+    while (queue_.try_dequeue_from_producer(token_, item)) {
+        bytes += item.size;
+        ++dropped;
+    }
+    // relaxed: the byte cap's running total (per item, so a racing enqueue's add survives).
+    queued_bytes_.fetch_sub(bytes, std::memory_order::relaxed);
+
     if (space_mode_block_) {
         ring_.advertise_space_waiter(std::nullopt);
         space_mode_block_ = false;
@@ -413,8 +433,16 @@ void OverflowDrainer::run() noexcept {
         poked_.exchange(false, std::memory_order::acq_rel);
         {
             const std::lock_guard lock(mu_);
-            std::move(incoming_.begin(), incoming_.end(), std::back_inserter(active));
-            incoming_.clear();
+            try {
+                // Room first (the streams stay in incoming_ if that fails), then the moves.
+                active.reserve(active.size() + incoming_.size());
+                blocked.reserve(active.capacity());
+                std::move(incoming_.begin(), incoming_.end(), std::back_inserter(active));
+                incoming_.clear();
+            } catch (const std::bad_alloc&) {
+                // Serve what we have; the newcomers wait for the next pass (poked stays set).
+                poked_.store(true, std::memory_order::relaxed);  // relaxed: our own flag
+            }
         }
         if (stop_.load(std::memory_order::acquire)) break;  // [drainer.stop]
         bool progress = false;

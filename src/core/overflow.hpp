@@ -68,7 +68,7 @@ public:
     static constexpr std::size_t kChunkBytes = std::size_t{1} << 20;
     static constexpr std::size_t kKeptChunks = 4;
 
-    SpillArena() = default;
+    SpillArena() { kept_.reserve(kKeptChunks); }  // recycle() then never allocates
     SpillArena(const SpillArena&) = delete;
     SpillArena& operator=(const SpillArena&) = delete;
     /// Every Block must have been released.
@@ -292,6 +292,10 @@ bool OutboundStream::wait_spill(Ready&& ready, const std::stop_token& stop,
     // [spill.waiters] pairs with the seq_cst load in settle(): either the drainer sees us
     // waiting and notifies under wait_mu_, or ready() sees its settled_ count.
     waiters_.fetch_add(1, std::memory_order::seq_cst);
+    // [spill.waiters] ready() reads settled_ (and more) with weaker orders: this fence puts
+    // those reads after our increment in the single total order, so settle()'s seq_cst store
+    // and load pair with it (store-buffering) and one of the two sides sees the other.
+    shm::storeload_fence();
     bool ok = false;
     if (deadline.is_infinite()) {
         ok = wait_cv_.wait(lock, stop, ready);
