@@ -221,25 +221,9 @@ void expose_consumer(Actor& actor, std::chrono::microseconds max_stall, std::uin
         eo);
 }
 
-class SpillStress : public ::testing::Test {
+class SpillStress : public test::ActorTest {
 protected:
-    ActorOptions options() const {
-        ActorOptions o;
-        o.ns = guard_.names.ns();
-        return o;
-    }
-    void TearDown() override {
-        EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
-            << "the actors left shared-memory objects in namespace " << guard_.names.ns();
-    }
-
-private:
-    test::NamespaceGuard guard_{"spill-stress"};
-    Watchdog watchdog_{kTestLimit, [names = guard_.names] {
-                           for (const auto& o : test::all_objects(names)) {
-                               ::unlink(shm::shm_path(o).c_str());
-                           }
-                       }};
+    SpillStress() : ActorTest("spill-stress", kTestLimit) {}
 };
 
 void expect_exact(const RunResult& r, std::uint64_t items, std::uint64_t cap) {

@@ -15,9 +15,14 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
+#include "namespace_guard.hpp"
+#include "shmctx/actor.hpp"
 #include "shmctx/context.hpp"
+#include "shmctx/shm/names.hpp"
 
 namespace shmctx::test {
 
@@ -75,5 +80,34 @@ pid_t current_tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
 auto body_must_not_run(std::atomic<bool>& ran) {
     return [&ran](Context&, const Payload&) { ran = true; };
 }
+
+/// Base fixture of the actor tests: its own namespace (`tag`, so parallel ctest never collides),
+/// a watchdog of `limit` that removes the namespace's objects before it aborts, and a TearDown
+/// check that the test's actors left nothing in /dev/shm (they remove their objects when
+/// destroyed, and the tests destroy theirs in the body).
+class ActorTest : public ::testing::Test {
+protected:
+    ActorTest(std::string_view tag, std::chrono::seconds limit)
+        : guard_(tag), watchdog_(limit, [names = guard_.names] {
+              for (const auto& o : all_objects(names)) ::unlink(shm::shm_path(o).c_str());
+          }) {}
+    ActorOptions options() const {
+        ActorOptions o;
+        o.ns = guard_.names.ns();
+        return o;
+    }
+    const shm::Names& names() const { return guard_.names; }
+    void TearDown() override {
+        const std::vector<std::string> left = all_objects(guard_.names);
+        std::string list;
+        for (const std::string& o : left) list += "\n  " + o;
+        EXPECT_TRUE(left.empty()) << "the actors left shared-memory objects in namespace "
+                                  << guard_.names.ns() << ":" << list;
+    }
+
+private:
+    NamespaceGuard guard_;  // removes leftovers after the check, for the ctest fixture
+    Watchdog watchdog_;
+};
 
 }  // namespace shmctx::test

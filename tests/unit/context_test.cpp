@@ -106,29 +106,9 @@ std::uint64_t link_bytes_allocated(const shm::Names& names) {
     return total;
 }
 
-/// Each test: its own namespace, a watchdog, and a check that the namespace is empty at the end
-/// (every actor removes its objects in its destructor; the tests destroy theirs in the body).
-class ContextTest : public ::testing::Test {
+class ContextTest : public test::ActorTest {
 protected:
-    ActorOptions options() const {
-        ActorOptions o;
-        o.ns = guard_.names.ns();
-        return o;
-    }
-    const shm::Names& names() const { return guard_.names; }
-
-    void TearDown() override {
-        EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
-            << "the actors left shared-memory objects in namespace " << guard_.names.ns();
-    }
-
-private:
-    test::NamespaceGuard guard_{"ctx"};  // removes leftovers after the check, for the ctest fixture
-    Watchdog watchdog_{kTestLimit, [names = guard_.names] {
-                           for (const auto& o : test::all_objects(names)) {
-                               ::unlink(shm::shm_path(o).c_str());
-                           }
-                       }};
+    ContextTest() : ActorTest("ctx", kTestLimit) {}
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -27,22 +27,9 @@ using ::testing::IsEmpty;
 
 constexpr auto kDeadline = 20s;
 
-class PollerTest : public ::testing::Test {
+class PollerTest : public test::ActorTest {
 protected:
-    ActorOptions options() const {
-        ActorOptions o;
-        o.ns = guard_.names.ns();
-        return o;
-    }
-    void TearDown() override { EXPECT_THAT(test::all_objects(guard_.names), IsEmpty()); }
-
-private:
-    test::NamespaceGuard guard_{"poll"};
-    test::Watchdog watchdog_{120s, [names = guard_.names] {
-                                 for (const auto& o : test::all_objects(names)) {
-                                     ::unlink(shm::shm_path(o).c_str());
-                                 }
-                             }};
+    PollerTest() : ActorTest("poll", std::chrono::seconds(120)) {}
 };
 
 /// "count": streams args = "n pause_every" messages carrying 0..n-1, pausing (on its own

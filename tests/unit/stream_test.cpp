@@ -184,27 +184,9 @@ OpenOptions open_opts(bool allow_overruns, std::uint32_t msg_buffer_size = 0) {
     return o;
 }
 
-/// Each test: its own namespace, a watchdog, and a check that the namespace is empty at the end.
-class StreamTest : public ::testing::Test {
+class StreamTest : public test::ActorTest {
 protected:
-    ActorOptions options() const {
-        ActorOptions o;
-        o.ns = guard_.names.ns();
-        return o;
-    }
-
-    void TearDown() override {
-        EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
-            << "the actors left shared-memory objects in namespace " << guard_.names.ns();
-    }
-
-private:
-    test::NamespaceGuard guard_{"stream"};
-    Watchdog watchdog_{kTestLimit, [names = guard_.names] {
-                           for (const auto& o : test::all_objects(names)) {
-                               ::unlink(shm::shm_path(o).c_str());
-                           }
-                       }};
+    StreamTest() : ActorTest("stream", kTestLimit) {}
 };
 
 // ---------------------------------------------------------------------------------------------

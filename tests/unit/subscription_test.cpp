@@ -105,27 +105,10 @@ void command(MsgStream& stream, std::int64_t c) { stream.send(Payload::value(c).
 
 std::int64_t value_of(const Payload& p) { return p.value<std::int64_t>(); }
 
-class SubscriptionTest : public ::testing::Test {
+class SubscriptionTest : public test::ActorTest {
 protected:
-    ActorOptions options() const {
-        ActorOptions o;
-        o.ns = guard_.names.ns();
-        return o;
-    }
-
-    void TearDown() override {
-        EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
-            << "the actors left shared-memory objects in namespace " << guard_.names.ns();
-    }
-
-private:
-    test::NamespaceGuard guard_{"sub"};
-    Watchdog watchdog_{std::chrono::duration_cast<std::chrono::seconds>(kTestLimit),
-                       [names = guard_.names] {
-                           for (const auto& o : test::all_objects(names)) {
-                               ::unlink(shm::shm_path(o).c_str());
-                           }
-                       }};
+    SubscriptionTest()
+        : ActorTest("sub", std::chrono::duration_cast<std::chrono::seconds>(kTestLimit)) {}
 };
 
 // ---------------------------------------------------------------------------------------------
