@@ -56,6 +56,7 @@
 #include "shmctx/context.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/payload.hpp"
+#include "shmctx/shm/actor_file.hpp"
 #include "shmctx/shm/names.hpp"
 
 namespace shmctx::bench {
@@ -452,35 +453,50 @@ std::string si(double v) {
 int parent_main(const Config& cfg, const std::string& command, const std::atomic<bool>& stop) {
     const std::string ns = cfg.ns.empty() ? "bench-stream-" + std::to_string(getpid()) : cfg.ns;
     const std::string server_name = "stream-server";
-    Peer peer = Peer::spawn({std::string(kServerFlag), "--ns", ns, "--name", server_name});
-    if (const std::string line = peer.read_line(Deadline(10s)); line != "ready") {
-        throw std::runtime_error("server: expected \"ready\", got \"" + line + "\"");
-    }
     const Cpus cpus = initial_cpus();
     std::vector<double> ring, stream, ratio;
     SpillFigures spill;
-    {
-        ActorOptions o;
-        o.ns = ns;
-        o.data_ring_bytes = kRingBytes;
-        Actor client("stream-client", o);
-        Portal portal = client.connect(server_name, 10s);
-        (void)stream_throughput(portal, std::min<std::uint64_t>(cfg.messages, 100'000),
-                                cpus);  // warm-up
-        for (int r = 0; r < cfg.rounds && !stop.load(std::memory_order::relaxed); ++r) {
-            const double a = ring_throughput(cfg, ns, &stop, cpus);
-            const double b = stream_throughput(portal, cfg.messages, cpus);
-            ring.push_back(a);
-            stream.push_back(b);
-            ratio.push_back(b / a);
-            std::cout << "round " << r + 1 << ": ring " << si(a) << "msg/s, stream " << si(b)
-                      << "msg/s, ratio " << std::setprecision(3) << b / a << "\n"
-                      << std::flush;
+    // The measurement, with the server's lifetime inside: if it fails, ~Peer has killed and
+    // reaped the server by the time the catch below runs, and a dead server cannot remove its
+    // own objects: reclaim them (the namespace holds only this run's actors).
+    const auto measure = [&] {
+        Peer peer = Peer::spawn({std::string(kServerFlag), "--ns", ns, "--name", server_name});
+        if (const std::string line = peer.read_line(Deadline(10s)); line != "ready") {
+            throw std::runtime_error("server: expected \"ready\", got \"" + line + "\"");
         }
-        spill = spill_run(portal, cfg);
+        {
+            ActorOptions o;
+            o.ns = ns;
+            o.data_ring_bytes = kRingBytes;
+            Actor client("stream-client", o);
+            Portal portal = client.connect(server_name, 10s);
+            (void)stream_throughput(portal, std::min<std::uint64_t>(cfg.messages, 100'000),
+                                    cpus);  // warm-up
+            for (int r = 0; r < cfg.rounds && !stop.load(std::memory_order::relaxed); ++r) {
+                const double a = ring_throughput(cfg, ns, &stop, cpus);
+                const double b = stream_throughput(portal, cfg.messages, cpus);
+                ring.push_back(a);
+                stream.push_back(b);
+                ratio.push_back(b / a);
+                std::cout << "round " << r + 1 << ": ring " << si(a) << "msg/s, stream " << si(b)
+                          << "msg/s, ratio " << std::setprecision(3) << b / a << "\n"
+                          << std::flush;
+            }
+            spill = spill_run(portal, cfg);
+        }
+        peer.write_line("quit");
+        peer.wait_success(Deadline(10s));
+    };
+    try {
+        measure();
+    } catch (...) {
+        try {
+            (void)shm::reclaim_stale(shm::Names(ns));
+        } catch (const std::exception& e) {
+            std::cerr << "shmctx_bench_stream: reclaiming the run's objects: " << e.what() << "\n";
+        }
+        throw;
     }
-    peer.write_line("quit");
-    peer.wait_success(Deadline(10s));
 
     const Stat rs = summarize(ring), ss = summarize(stream), qs = summarize(ratio);
     std::cout << "\n"
