@@ -91,10 +91,15 @@ TEST(Waiter, ReturnsReadyWhenWokenFromAnotherThread) {
         [&] { return c.cell.waiter.load(std::memory_order::relaxed) == 2; }, Deadline(10s)));
     const std::uint32_t before = t.slots[1].counter.load(std::memory_order::relaxed);
     flag.store(true, std::memory_order::release);
-    EXPECT_EQ(wake_cell(c.cell, t.table), WakeResult::woken);
+    // Normally the waiter is asleep and this wakes it. A spurious futex return (signals: the
+    // sanitizers' runtimes send some) between the store above and this read lets the waiter see
+    // the flag, return and withdraw first: then nobody is advertised and nothing is bumped.
+    const WakeResult woke = wake_cell(c.cell, t.table);
+    EXPECT_TRUE(woke == WakeResult::woken || woke == WakeResult::none_waiting);
     th.join();
     EXPECT_EQ(status.load(std::memory_order::relaxed), static_cast<int>(WaitStatus::ready));
-    EXPECT_EQ(t.slots[1].counter.load(std::memory_order::relaxed), before + 1);
+    EXPECT_EQ(t.slots[1].counter.load(std::memory_order::relaxed),
+              before + (woke == WakeResult::woken ? 1U : 0U));
     EXPECT_EQ(c.cell.waiter.load(std::memory_order::relaxed), 0U);
     EXPECT_EQ(wake_cell(c.cell, t.table), WakeResult::none_waiting);
 }
