@@ -211,7 +211,7 @@ void expose_consumer(Actor& actor, std::chrono::microseconds max_stall, std::uin
                     break;
                 }
                 if (next >= until_stall) {
-                    std::this_thread::sleep_for(std::chrono::microseconds(static_cast<std::int64_t>(
+                    test::simulate_work(std::chrono::microseconds(static_cast<std::int64_t>(
                         rng() % static_cast<std::uint64_t>(max_stall.count() + 1))));
                     until_stall = next + rng() % stall_every;
                 }

@@ -110,4 +110,9 @@ private:
     Watchdog watchdog_;
 };
 
+/// A consumer doing `d` of work: the slowness a spill or overrun test is about (the behaviour
+/// under test), never a way to wait for another thread; what the tests assert (order, no loss,
+/// counters) holds whatever the scheduler makes of it.
+inline void simulate_work(std::chrono::microseconds d) { std::this_thread::sleep_for(d); }
+
 }  // namespace shmctx::test

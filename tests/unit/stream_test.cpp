@@ -522,7 +522,7 @@ TEST_F(StreamTest, TightLoopToAClusterOfWorkersThatAllowOverruns) {
                     if (seq_of(msg) != n) throw std::runtime_error("out of order");
                     ++n;
                     // A consumer a little slower than the tight loop (simulated slowness).
-                    if (n % 512 == 0) std::this_thread::sleep_for(100us);
+                    if (n % 512 == 0) test::simulate_work(100us);
                 }
                 return Payload::value(static_cast<std::int64_t>(n));
             },
@@ -1170,7 +1170,7 @@ TEST_F(StreamTest, NormalCloseFlushesTheSpillBeforeTheEnd) {
             std::int64_t n = 0;
             for (const auto& msg : stream) {
                 if (seq_of(msg) != static_cast<std::uint64_t>(n)) throw std::runtime_error("order");
-                if (++n % 100 == 0) std::this_thread::sleep_for(200us);  // a slow consumer
+                if (++n % 100 == 0) test::simulate_work(200us);  // a slow consumer
             }
             return Payload::value(n);
         },
@@ -1400,7 +1400,7 @@ TEST_F(StreamTest, MixedSizeFlatBuffersTablesSurviveTheSpill) {
                                     venues != nullptr && venues->size() == n % 4;
                 if (!intact) throw std::runtime_error("tick " + std::to_string(n) + " damaged");
                 ++n;
-                if (n % 50 == 0) std::this_thread::sleep_for(300us);  // a slow consumer
+                if (n % 50 == 0) test::simulate_work(300us);  // a slow consumer
             }
             return Payload::value(static_cast<std::int64_t>(n));
         },
