@@ -147,6 +147,16 @@ public:
     /// cancelled and TimedOut raised.
     Payload run(std::string_view fn, PayloadView args = {}, Deadline deadline = {});
 
+    /// Asks the peer actor to cancel itself, with us as requester (spec §3.6): every task it
+    /// runs is cancelled, each context any actor has with it ends with a ContextCancelled whose
+    /// canceller() is us, and its ack follows all of those on our link. Waits for the ack up
+    /// to `deadline`, shielded from our own cancellation. True if acked; false when the link is
+    /// not up, on timeout, or when the link is lost meanwhile. A portal to our own actor
+    /// cancels it (Actor::cancel()) and waits for its tasks the same way.
+    bool cancel_actor(Deadline deadline = std::chrono::milliseconds(500));
+    /// cancel_actor() was called on this portal's link (by any portal to that peer).
+    bool cancel_called() const noexcept;
+
 private:
     friend class Actor;
     Portal(std::shared_ptr<detail::ActorCore> core, std::shared_ptr<detail::LinkHandle> link)
@@ -180,6 +190,21 @@ public:
     /// to appear and answer (ActorNotFound naming actor and namespace). A peer of another
     /// layout or protocol version is a LayoutError naming both versions.
     Portal connect(std::string_view peer_name, Deadline deadline = std::chrono::seconds(5));
+
+    /// Cancels every task of this actor, with itself as canceller (spec §3.6; what a peer's
+    /// Portal::cancel_actor() does with the peer as canceller): child endpoints end with a
+    /// ContextCancelled naming the canceller, parent-side open_context bodies see an enclosing
+    /// cancel and cancel their remote tasks on their way out (the cascade). Starts arriving
+    /// afterwards are refused with a ContextCancelled. Never blocks (callable from an endpoint
+    /// or a signal-handling thread); idempotent: the first requester is kept.
+    void cancel();
+    /// cancel() was called, or a peer's cancel_actor() arrived.
+    bool cancel_called() const noexcept;
+    /// Who asked first (our own uid for cancel()); nullopt if nobody did.
+    std::optional<Uid> cancel_caller() const;
+    /// Waits until the actor was cancelled and every task it cancelled has ended (its
+    /// terminal shipped); false when `deadline` passes first.
+    bool wait_cancelled(Deadline deadline = Deadline::never());
 
     /// Threads of the endpoint pool now (running + idle), for tests and monitoring.
     std::size_t endpoint_threads() const;

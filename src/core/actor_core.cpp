@@ -86,6 +86,14 @@ void ActorCore::shutdown() {
     //    root scope observe this; the pool waits for the endpoints' terminals to be sent.
     root_scope_.cancel(uid_, "actor " + uid_.to_string() + " is shutting down");
     pool_.shutdown();
+    // An actor cancel in progress ends with the tasks above (its acks go out before the links
+    // close); nothing started after shutting_down_ was set.
+    if (actor_cancel_thread_.joinable()) actor_cancel_thread_.join();
+    {
+        const std::lock_guard lock(mu_);
+        actor_cancel_done_ = true;
+    }
+    actor_cancel_cv_.notify_all();
     // 2. Close every link in order: the peers' contexts with us fail with TransportClosed.
     std::vector<std::shared_ptr<Link>> links;
     {
@@ -121,6 +129,7 @@ void ActorCore::shutdown() {
         publish_links_locked();
         requests_.clear();
     }
+    fail_actor_requests(nullptr);
     // Parent bodies still running on user threads keep their states (and links) alive.
 }
 
@@ -164,6 +173,11 @@ void ActorCore::register_context(const std::shared_ptr<ContextState>& ctx) {
         if (const std::exception_ptr why = ctx->link().failure()) std::rethrow_exception(why);
         throw TransportClosed("the link to " + ctx->peer().to_string() + " is " +
                               to_string(link_state));
+    }
+    if (ctx->side() == Side::child && actor_cancel_called_.load(std::memory_order::relaxed)) {
+        // relaxed: written under mu_. A cancelled actor starts no task (spec §3.6 step 2).
+        throw make_context_cancelled(uid_, ctx->peer(), cancel_caller_, ctx->cid(), Side::child,
+                                     "actor " + uid_.to_string() + " was cancelled");
     }
     const auto [it, inserted] = contexts_.emplace(ContextKey{ctx->peer().uuid, ctx->cid()}, ctx);
     if (!inserted) {
@@ -335,6 +349,7 @@ void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
     }
     if (watcher_) watcher_->unwatch(link->peer().uuid);
     links_cv_.notify_all();
+    fail_actor_requests(link.get());
     for (auto& ctx : affected) ctx->on_link_lost(why);
 }
 
@@ -675,7 +690,22 @@ void ActorCore::dispatch(const std::shared_ptr<Link>& link, const wire::ControlV
                 const auto it = requests_.find(m->request_id());
                 if (it != requests_.end()) ctx = it->second.lock();
             }
-            if (ctx) ctx->on_cancel_ack(m->request_id(), m->found());
+            if (ctx) {
+                ctx->on_cancel_ack(m->request_id(), m->found());
+                return;
+            }
+            bool answered = false;
+            {
+                const std::lock_guard lock(mu_);
+                const auto it = actor_requests_.find(m->request_id());
+                // Only from the link the request went out on: another peer cannot answer it.
+                if (it != actor_requests_.end() && it->second->link == link) {
+                    it->second->done = true;
+                    it->second->found = m->found();
+                    answered = true;
+                }
+            }
+            if (answered) actor_cancel_cv_.notify_all();
             return;
         }
         case fb::ControlBody::StreamOpen: {
@@ -834,9 +864,125 @@ void ActorCore::on_cancel_request(const std::shared_ptr<Link>& link,
         if (!ctx->on_cancel_request(id, requester)) ack(true);  // it ended already
         return;
     }
-    // An actor cancel: lands with the "Cancellation" work (Portal::cancel_actor); until then it
-    // is answered as not found, so a requester never waits for it.
-    ack(false);
+    // The whole actor (Portal::cancel_actor): acked by the actor-cancel thread once every task
+    // it cancelled has shipped its terminal on its own link.
+    cancel_actor(requester, link, id);
+}
+
+void ActorCore::cancel_actor(const Uid& requester, std::shared_ptr<Link> ack_link,
+                             std::uint64_t ack_id) {
+    std::vector<std::shared_ptr<ContextState>> tasks;
+    bool ack_now = false;
+    {
+        const std::lock_guard lock(mu_);
+        if (ack_link) {
+            if (actor_cancel_done_) {
+                ack_now = true;
+            } else {
+                actor_acks_.emplace_back(ack_link, ack_id);
+            }
+        }
+        if (!actor_cancel_called_.load(std::memory_order::relaxed)) {  // relaxed: under mu_
+            cancel_caller_ = requester;
+            // [core.cancel] pairs with the acquire in cancel_called(): cancel_caller_ is set.
+            actor_cancel_called_.store(true, std::memory_order::release);
+            // Every child task running now; a Start after this point is refused
+            // (register_context checks the flag under mu_), so none escapes the snapshot.
+            for (const auto& [key, ctx] : contexts_) {
+                if (ctx->side() == Side::child) tasks.push_back(ctx);
+            }
+            if (shutting_down_) {
+                actor_cancel_done_ = true;  // shutdown() cancels and waits for everything
+            } else {
+                actor_cancel_thread_ =
+                    std::thread([this, requester, tasks = std::move(tasks)]() mutable {
+                        run_actor_cancel(requester, std::move(tasks));
+                    });
+            }
+        }
+    }
+    if (ack_now) {
+        (void)ack_link->send(
+            [&](wire::ControlEncoder& enc) { return enc.cancel_ack(ack_id, true); });
+    }
+}
+
+void ActorCore::run_actor_cancel(const Uid& requester,
+                                 std::vector<std::shared_ptr<ContextState>> tasks) {
+    const std::string reason = "actor " + uid_.to_string() + " was cancelled by " +
+                               (requester == uid_ ? std::string("itself") : requester.to_string());
+    // Each task's ctxc names the requester (spec §3.6 step 1): recorded before any scope is
+    // cancelled, so no task can end with another canceller.
+    for (const auto& ctx : tasks) ctx->cancel_for_actor(requester, reason);
+    // Parent-side bodies (and anything else nested in the root): an enclosing cancel, which
+    // their open_context turns into ctx.cancel() of their remote task (the cascade).
+    root_scope_.cancel(requester, reason);
+    for (const auto& ctx : tasks) ctx->wait_task_done();
+    std::vector<std::pair<std::shared_ptr<Link>, std::uint64_t>> acks;
+    {
+        const std::lock_guard lock(mu_);
+        actor_cancel_done_ = true;
+        acks.swap(actor_acks_);
+    }
+    actor_cancel_cv_.notify_all();
+    // ORDER: every ctxc above was written to its link before this ack (same FIFO ring).
+    for (const auto& [link, id] : acks) {
+        (void)link->send(
+            [&, id = id](wire::ControlEncoder& enc) { return enc.cancel_ack(id, true); });
+    }
+}
+
+std::optional<Uid> ActorCore::cancel_caller() const {
+    const std::lock_guard lock(mu_);
+    return cancel_caller_;
+}
+
+bool ActorCore::wait_cancelled(Deadline deadline) {
+    std::unique_lock lock(mu_);
+    const auto done = [&] { return actor_cancel_done_; };
+    if (deadline.is_infinite()) {
+        actor_cancel_cv_.wait(lock, done);
+        return true;
+    }
+    return actor_cancel_cv_.wait_until(lock, deadline.at(), done);
+}
+
+bool ActorCore::request_actor_cancel(const std::shared_ptr<Link>& link, Deadline deadline) {
+    if (link->state() != LinkState::up) return false;  // spec §3.6: a disconnected channel
+    link->set_cancel_called();
+    const std::uint64_t id = next_request_id();
+    auto request = std::make_shared<ActorRequest>();
+    request->link = link;
+    {
+        const std::lock_guard lock(mu_);
+        actor_requests_[id] = request;
+    }
+    const bool sent = link->send([&](wire::ControlEncoder& enc) {
+        return enc.cancel_actor(id, wire::UidRef{uid_.name, uid_.uuid});
+    });
+    std::unique_lock lock(mu_);
+    if (sent) {
+        // Shielded: no stop token, only the deadline (spec §3.6). The control loop answers
+        // (CancelAck), and link_lost() ends the wait when the link goes.
+        const auto done = [&] { return request->done || link->state() != LinkState::up; };
+        if (deadline.is_infinite()) {
+            actor_cancel_cv_.wait(lock, done);
+        } else {
+            (void)actor_cancel_cv_.wait_until(lock, deadline.at(), done);
+        }
+    }
+    actor_requests_.erase(id);
+    return request->done && request->found;
+}
+
+void ActorCore::fail_actor_requests(const Link* link) {
+    {
+        const std::lock_guard lock(mu_);
+        for (auto& [id, request] : actor_requests_) {
+            if (link == nullptr || request->link.get() == link) request->done = true;
+        }
+    }
+    actor_cancel_cv_.notify_all();
 }
 
 }  // namespace shmctx::detail

@@ -121,6 +121,26 @@ public:
     std::uint64_t next_request_id() noexcept {
         return next_request_.fetch_add(1, std::memory_order::relaxed) + 1;  // relaxed: unique ids
     }
+    // ---- actor cancel (spec §3.6, DESIGN.md §4.4) ----
+    /// Cancels every task of ours with `requester` as canceller: child endpoints (their ctxc
+    /// names `requester`), then the root scope (parent-side bodies, which cancel their remote
+    /// tasks on their way out: the cascade). Later Starts are refused with a ContextCancelled.
+    /// Never blocks (safe on the control loop and inside an endpoint): the waiting is done by
+    /// the actor-cancel thread, which acks `ack` (a peer's request, if any) after the last of
+    /// those tasks ended — so the ack follows every ctxc they sent (ORDER, spec §3.6).
+    void cancel_actor(const Uid& requester, std::shared_ptr<Link> ack_link = nullptr,
+                      std::uint64_t ack_id = 0);
+    bool cancel_called() const noexcept {
+        // [core.cancel] pairs with the release in cancel_actor(): cancel_caller_ is set.
+        return actor_cancel_called_.load(std::memory_order::acquire);
+    }
+    std::optional<Uid> cancel_caller() const;
+    /// Waits until cancel_actor() ran and every task it cancelled ended; false on timeout.
+    bool wait_cancelled(Deadline deadline);
+    /// Portal::cancel_actor(): asks `link`'s peer to cancel itself and waits for its ack up
+    /// to `deadline` (shielded from the caller's own cancellation, spec §3.6). True if acked.
+    bool request_actor_cancel(const std::shared_ptr<Link>& link, Deadline deadline);
+
     /// Routes the CancelAck of `request_id` to `ctx`.
     void register_request(std::uint64_t request_id, const std::shared_ptr<ContextState>& ctx);
     void forget_request(std::uint64_t request_id);
@@ -184,6 +204,17 @@ private:
     void publish_links_locked();
     void run_endpoint(const std::shared_ptr<ContextState>& ctx, const Endpoint& endpoint,
                       const Payload& args);
+    /// The actor-cancel thread's work (see cancel_actor()).
+    void run_actor_cancel(const Uid& requester, std::vector<std::shared_ptr<ContextState>> tasks);
+    /// Ends the waits of the actor-cancel requests sent on `link` (its loss), or of all (null).
+    void fail_actor_requests(const Link* link);
+
+    /// A Portal::cancel_actor() waiting for its ack.
+    struct ActorRequest {
+        std::shared_ptr<Link> link;
+        bool done = false;   // guarded by ActorCore::mu_
+        bool found = false;  // guarded by ActorCore::mu_
+    };
 
     ActorOptions options_;
     shm::Names names_;
@@ -205,6 +236,15 @@ private:
     std::condition_variable links_cv_;  // link state changes (connect waits on it)
 
     std::unordered_map<std::uint64_t, std::weak_ptr<ContextState>> requests_;  // guarded by mu_
+    // ---- actor cancel; guarded by mu_ ----
+    std::unordered_map<std::uint64_t, std::shared_ptr<ActorRequest>> actor_requests_;
+    std::condition_variable actor_cancel_cv_;  // actor_requests_ answered, actor cancel done
+    std::optional<Uid> cancel_caller_;
+    bool actor_cancel_done_ = false;  // every task the actor cancel cancelled has ended
+    /// Peers' actor-cancel requests to ack when the actor cancel is done.
+    std::vector<std::pair<std::shared_ptr<Link>, std::uint64_t>> actor_acks_;
+    std::thread actor_cancel_thread_;               // joined by shutdown()
+    std::atomic<bool> actor_cancel_called_{false};  // [core.cancel]
     /// Peers whose link ended (closed, dead, failed): their arenas are never linked again
     /// (uuids are never reused). Guarded by mu_.
     std::unordered_map<Uuid, LinkState> gone_;

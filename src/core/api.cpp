@@ -106,6 +106,11 @@ Portal Actor::connect(std::string_view peer_name, Deadline deadline) {
     return Portal(core_, core_->connect(peer_name, deadline));
 }
 
+void Actor::cancel() { core_->cancel_actor(core_->uid()); }
+bool Actor::cancel_called() const noexcept { return core_->cancel_called(); }
+std::optional<Uid> Actor::cancel_caller() const { return core_->cancel_caller(); }
+bool Actor::wait_cancelled(Deadline deadline) { return core_->wait_cancelled(deadline); }
+
 std::size_t Actor::endpoint_threads() const { return core_->endpoint_threads(); }
 std::size_t Actor::open_contexts() const { return core_->open_contexts(); }
 std::size_t Actor::links() const { return core_->link_count(); }
@@ -126,6 +131,8 @@ std::shared_ptr<detail::ContextState> open_parent(const std::shared_ptr<detail::
                                core->uid().to_string());
     }
     if (fn.empty()) throw std::invalid_argument("open_context: empty function name");
+    // A cancelled actor opens nothing: its body would be cancelled at once (DESIGN.md §4.6).
+    if (core->root_scope().cancelled()) detail::throw_cancelled();
     wire::ContextSettings own;
     own.msg_buffer_size =
         options.msg_buffer_size != 0 ? options.msg_buffer_size : core->options().msg_buffer_size;
@@ -196,6 +203,18 @@ Payload Portal::run(std::string_view fn, PayloadView args, Deadline deadline) {
     auto st = open_parent(core_, *link_, fn, args, OpenOptions{});
     const FinishOnExit finish{*st};
     return st->run_result(deadline);
+}
+
+bool Portal::cancel_actor(Deadline deadline) {
+    if (!link_->link) {
+        core_->cancel_actor(core_->uid());
+        return core_->wait_cancelled(deadline);
+    }
+    return core_->request_actor_cancel(link_->link, deadline);
+}
+
+bool Portal::cancel_called() const noexcept {
+    return link_->link ? link_->link->cancel_called() : core_->cancel_called();
 }
 
 // ---- Context ----

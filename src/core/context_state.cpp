@@ -288,6 +288,21 @@ bool ContextState::on_cancel_request(std::uint64_t request_id, const Uid& reques
     return true;
 }
 
+void ContextState::cancel_for_actor(const Uid& requester, const std::string& reason) {
+    {
+        const Lock lock(mu_);
+        if (task_done_) return;
+        if (!canceller_) canceller_ = requester;
+    }
+    scope_.cancel(requester, reason);
+}
+
+void ContextState::wait_task_done() {
+    Lock lock(mu_);
+    (void)wait_locked(
+        lock, [&] { return task_done_ || finished_; }, std::stop_token{}, Deadline::never());
+}
+
 void ContextState::on_cancel_ack(std::uint64_t request_id, bool /*found*/) {
     {
         const Lock lock(mu_);
@@ -454,6 +469,17 @@ Outcome ContextState::exit_parent(const std::exception_ptr& body_error) {
             graceful = cancel_called() && remote_info_ == &x && x.canceller() == self();
         }
         if (graceful) return Outcome::of_error(body_error, true);
+        throw;
+    } catch (const StreamOverrun& overrun) {
+        // DESIGN.md §4.8: after our own cancel(), an overrun of our own sends on this context
+        // (the peer stopped reading because we cancelled it) is ours, not an error: recorded as
+        // local_error, and the exit waits for the outcome (normally our absorbed cancel).
+        // tractor means this rule too but never applies it (spec §6.7).
+        set_local_error(body_error);
+        if (cancel_called() && overrun.cid() == cid_ && overrun.sender() == self()) {
+            return exit_normally();
+        }
+        cancel_quietly();
         throw;
     } catch (...) {
         // spec §3.5 step 2: any other error (an enclosing Cancelled included) cancels the

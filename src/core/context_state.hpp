@@ -73,6 +73,11 @@ public:
     /// finished (the caller acks at once).
     bool on_cancel_request(std::uint64_t request_id, const Uid& requester);
     void on_cancel_ack(std::uint64_t request_id, bool found);
+    /// The actor-cancel thread (not the control loop): records `requester` as canceller unless
+    /// one is recorded, and cancels the (child) task's scope.
+    void cancel_for_actor(const Uid& requester, const std::string& reason);
+    /// Waits until the child task shipped its terminal (or the context ended).
+    void wait_task_done();
     void on_link_lost(std::exception_ptr why);
 
     // ---- parent side ----

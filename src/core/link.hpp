@@ -84,6 +84,13 @@ public:
     const shm::WakeTable& peer_wakes() const noexcept { return peer_wakes_; }
 
     LinkState state() const noexcept { return state_.load(std::memory_order::acquire); }
+    /// Portal::cancel_actor() was called on this link (tractor's `chan._cancel_called`).
+    bool cancel_called() const noexcept {
+        return cancel_called_.load(std::memory_order::relaxed);  // relaxed: a flag, no data
+    }
+    void set_cancel_called() noexcept {
+        cancel_called_.store(true, std::memory_order::relaxed);  // relaxed: as cancel_called()
+    }
     /// Why the link is not up (failed/closed/dead), else nullptr. Stable once set.
     std::exception_ptr failure() const;
     /// Moves the link to a final state with `why` (first call wins); false if already final.
@@ -175,6 +182,7 @@ private:
     std::function<void()> on_outbox_;
 
     std::atomic<LinkState> state_{LinkState::awaiting_peer};
+    std::atomic<bool> cancel_called_{false};
     mutable std::mutex state_mu_;  // guards failure_
     std::exception_ptr failure_;
 
