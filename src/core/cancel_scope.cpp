@@ -51,6 +51,15 @@ bool CancelScope::cancel(std::optional<Uid> canceller, std::string reason) {
             "CancelScope::cancel() called on a non-blocking thread (the control loop); post it "
             "to the CancellerThread");
     }
+    const bool first = request(std::move(canceller), std::move(reason));
+    // Runs every stop-callback of this scope and of the scopes nested in it, on this thread.
+    // request_stop() is a release; stop_requested() an acquire: a thread that observes the stop
+    // also observes cancel_called_ == true (absorbs_cancelled() relies on it).
+    source_.request_stop();
+    return first;
+}
+
+bool CancelScope::request(std::optional<Uid> canceller, std::string reason) {
     bool first = false;
     {
         std::lock_guard lock(mutex_);
@@ -65,10 +74,8 @@ bool CancelScope::cancel(std::optional<Uid> canceller, std::string reason) {
             first = true;
         }
     }
-    // Runs every stop-callback of this scope and of the scopes nested in it, on this thread.
-    // request_stop() is a release; stop_requested() an acquire: a thread that observes the stop
-    // also observes cancel_called_ == true (absorbs_cancelled() relies on it).
-    source_.request_stop();
+    // [scope.requested] pairs with the acquire in cancelled(): stored after cancel_called_.
+    requested_.store(true, std::memory_order::release);
     return first;
 }
 

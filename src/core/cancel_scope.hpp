@@ -76,6 +76,15 @@ public:
     /// NonBlockingThreadMark (the control loop): post it to the CancellerThread.
     bool cancel(std::optional<Uid> canceller = std::nullopt, std::string reason = {});
 
+    /// The part of cancel() that runs no stop-callback, so any thread may call it, the control
+    /// loop included: records `canceller` and `reason` (first call wins), sets cancel_called(),
+    /// and makes cancelled() true for checkpoints of this scope itself at once. Nested scopes,
+    /// stop tokens and blocked waits learn it only from the cancel() that must follow (posted
+    /// to the CancellerThread). A context's own waits are woken by the context (it bumps its
+    /// event counter after this), so a cancel request reaches a task blocked in the context
+    /// without the hop through the canceller thread. Returns true for the first call.
+    bool request(std::optional<Uid> canceller = std::nullopt, std::string reason = {});
+
     /// cancel() was called on this scope itself (not only on an enclosing one); trio's
     /// `cancel_called`.
     bool cancel_called() const noexcept {
@@ -84,7 +93,11 @@ public:
         return cancel_called_.load(std::memory_order::acquire);
     }
     /// This scope or an enclosing one was cancelled: what checkpoints inside it observe.
-    bool cancelled() const noexcept { return source_.stop_requested(); }
+    bool cancelled() const noexcept {
+        // [scope.requested] pairs with the release in request(): cancel_called_ and the
+        // canceller are visible too.
+        return requested_.load(std::memory_order::acquire) || source_.stop_requested();
+    }
     /// An enclosing scope (parent or also_in, or one enclosing them) was cancelled.
     bool enclosing_cancelled() const noexcept {
         return parent_token_.stop_requested() || also_token_.stop_requested();
@@ -133,6 +146,7 @@ private:
     std::optional<std::stop_callback<Forward>> parent_link_;
     std::optional<std::stop_callback<Forward>> also_link_;
     std::atomic<bool> cancel_called_{false};
+    std::atomic<bool> requested_{false};  // [scope.requested] request() (or cancel()) ran
     std::atomic<bool> cancelled_caught_{false};
     // Threads that currently have this scope entered; checked by the destructor.
     std::atomic<int> entered_{0};

@@ -284,7 +284,13 @@ bool ContextState::on_cancel_request(std::uint64_t request_id, const Uid& reques
         if (!canceller_) canceller_ = requester;
         pending_acks_.push_back(request_id);
     }
-    post_scope_cancel(requester, "cancel requested by " + requester.to_string());
+    std::string reason = "cancel requested by " + requester.to_string();
+    // The fast half first: the task's checkpoints and its waits in this context (woken by
+    // notify()) see the cancel now, on whatever thread dispatched the request; the stop-
+    // callbacks (nested scopes, stop tokens, other waits) follow on the canceller thread.
+    (void)scope_.request(requester, reason);
+    notify();
+    post_scope_cancel(requester, std::move(reason));
     return true;
 }
 
@@ -1044,6 +1050,10 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
 }
 
 bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bool raise) {
+    // A cancel request recorded before `seen` was read is seen here (CancelScope::request,
+    // then notify(): the flag is stored before the event count moves); one after it moves the
+    // count, which ends the wait below.
+    if (raise && current_cancelled()) throw_cancelled();
     if (deadline.expired()) return false;
     const BorrowedSlot slot(core_->slots());
     shm::Waiter waiter(core_->wake_table(), slot.index());
