@@ -656,7 +656,13 @@ void ContextState::cancel(Deadline deadline) {
     });
     if (!sent) {
         core_->forget_request(request_id);
-        return;  // the link is gone: its loss is the outcome
+        // The link is gone: its loss is the outcome (spec §3.1: logged, not thrown).
+        std::fprintf(stderr,
+                     "shmctx: %s: may have failed to cancel context %s on %s: the link is "
+                     "closed\n",
+                     self().to_string().c_str(), cid_.to_string().c_str(),
+                     peer().to_string().c_str());
+        return;
     }
     // Shielded from the caller's own cancellation (spec §3.1), bounded by the deadline.
     Lock lock(mu_);
@@ -664,8 +670,16 @@ void ContextState::cancel(Deadline deadline) {
         return std::find(acked_.begin(), acked_.end(), request_id) != acked_.end() ||
                transport_error_ != nullptr;
     };
-    (void)wait_locked(lock, acked, std::stop_token{}, deadline);
+    const bool answered = wait_locked(lock, acked, std::stop_token{}, deadline);
+    lock.unlock();
     core_->forget_request(request_id);
+    if (!answered) {
+        std::fprintf(stderr,
+                     "shmctx: %s: cancel of context %s on %s timed out: no ack within the "
+                     "deadline (its task may still run)\n",
+                     self().to_string().c_str(), cid_.to_string().c_str(),
+                     peer().to_string().c_str());
+    }
 }
 
 void ContextState::finish() {
