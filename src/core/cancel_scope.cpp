@@ -118,8 +118,20 @@ ScopeEntry::~ScopeEntry() {
 // Free functions
 
 void throw_cancelled() {
+    // Inside a handler, the exception being handled: what this Cancelled would mask.
+    std::exception_ptr handling = std::current_exception();
+    if (handling) {
+        try {
+            std::rethrow_exception(handling);
+        } catch (const Cancelled&) {
+            handling = nullptr;  // a Cancelled masks nothing
+        } catch (...) {
+        }
+    }
     for (ScopeEntry* e = ScopeEntry::innermost_; e != nullptr; e = e->outer_) {
-        if (e->scope_.cancelled()) e->delivered_ = true;
+        if (!e->scope_.cancelled()) continue;
+        e->delivered_ = true;
+        if (handling && !e->masked_) e->masked_ = handling;
     }
     throw Cancelled{};
 }

@@ -33,6 +33,7 @@
 #pragma once
 
 #include <atomic>
+#include <exception>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -172,6 +173,11 @@ public:
     /// A Cancelled was raised (through throw_cancelled) while this entry was on the stack and
     /// its scope was cancelled.
     bool delivered() const noexcept { return delivered_; }
+    /// The real error a Cancelled raised inside this entry masked: the exception its handler was
+    /// handling when a checkpoint threw (a cleanup `catch (...) { checkpoint(); throw; }`).
+    /// The boundary raises it instead of the Cancelled (spec §3.2: a real error beats
+    /// cancellation). Null if none.
+    const std::exception_ptr& masked() const noexcept { return masked_; }
 
     /// The calling thread's innermost entry, or nullptr.
     static ScopeEntry* innermost() noexcept { return innermost_; }
@@ -181,7 +187,8 @@ private:
 
     CancelScope& scope_;
     ScopeEntry* const outer_;
-    bool delivered_ = false;  // written and read by the owning thread only
+    bool delivered_ = false;     // written and read by the owning thread only
+    std::exception_ptr masked_;  // as delivered_
     // constinit: no dynamic initialisation, so access from other translation units needs no
     // TLS wrapper call (checkpoint() is on hot paths).
     static constinit thread_local ScopeEntry* innermost_;
@@ -252,7 +259,8 @@ struct ScopeResult<void> {
 ///   enclosing one (so the enclosing boundary still sees it);
 /// - a body that returns before observing a cancel that raced with its return has `completed`
 ///   (spec §3.2 "race with return": the value wins);
-/// - every other exception propagates unchanged (a real error beats cancellation).
+/// - every other exception propagates unchanged (a real error beats cancellation), and so does
+///   a real error that a Cancelled masked (raised while the body was handling it).
 template <class F>
 auto run_in_scope(CancelScope& scope, F&& fn) -> ScopeResult<std::invoke_result_t<F&>> {
     using R = std::invoke_result_t<F&>;
@@ -265,6 +273,9 @@ auto run_in_scope(CancelScope& scope, F&& fn) -> ScopeResult<std::invoke_result_
             result.value.emplace(fn());
         }
     } catch (const Cancelled&) {
+        // A Cancelled raised while a real error was being handled inside would mask it: the
+        // real error leaves the scope instead (spec §3.2), whoever cancelled.
+        if (entry.masked()) std::rethrow_exception(entry.masked());
         if (!scope.absorbs_cancelled()) throw;
         scope.absorb();
         result.exit = ScopeExit::cancelled_caught;

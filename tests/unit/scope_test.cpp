@@ -364,6 +364,55 @@ TEST(CancelScope, OtherExceptionsPropagateUnchanged) {
     EXPECT_FALSE(scope.cancelled_caught());
 }
 
+// spec §3.2 "real errors beat cancellation": a cleanup handler that checkpoints while handling a
+// real error would mask it with a Cancelled; the boundary raises the real error instead, the same
+// object, whether or not the scope would have absorbed the Cancelled.
+TEST(CancelScope, CancelledRaisedWhileHandlingARealErrorGivesWayToItAtTheBoundary) {
+    for (const bool own_cancel : {true, false}) {
+        CancelScope outer;
+        CancelScope scope(&outer);
+        const ScopeEntry outer_entry(outer);
+        const std::runtime_error* thrown = nullptr;  // the exception object itself
+        try {
+            (void)run_in_scope(scope, [&] {
+                try {
+                    throw std::runtime_error("real error");
+                } catch (const std::runtime_error& e) {
+                    thrown = &e;
+                    if (own_cancel) {
+                        scope.cancel();
+                    } else {
+                        outer.cancel();
+                    }
+                    checkpoint();  // cleanup that blocks: the Cancelled would mask the error
+                    throw;
+                }
+            });
+            ADD_FAILURE() << "nothing propagated";
+        } catch (const std::runtime_error& e) {
+            EXPECT_EQ(&e, thrown) << "not the same object";
+        } catch (const Cancelled&) {
+            ADD_FAILURE() << "the Cancelled masked the real error (own_cancel=" << own_cancel
+                          << ")";
+        }
+        EXPECT_FALSE(scope.cancelled_caught());
+    }
+}
+
+// A Cancelled raised while handling another Cancelled masks nothing: absorbed as usual.
+TEST(CancelScope, CancelledRaisedWhileHandlingACancelledIsAbsorbedAsUsual) {
+    CancelScope scope;
+    const auto r = run_in_scope(scope, [&] {
+        scope.cancel();
+        try {
+            checkpoint();
+        } catch (const Cancelled&) {
+            checkpoint();
+        }
+    });
+    EXPECT_EQ(r.exit, ScopeExit::cancelled_caught);
+}
+
 TEST(CancelScope, HandThrownCancelledWithoutACancelledScopePropagates) {
     CancelScope scope;
     EXPECT_TRUE(throws_cancelled([&] { (void)run_in_scope(scope, [] { throw Cancelled{}; }); }));
