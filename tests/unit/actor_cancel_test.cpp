@@ -272,5 +272,79 @@ TEST_F(ActorCancelTest, CancelActorTimesOutWhenATaskIgnoresCancellation) {
     EXPECT_TRUE(target.wait_cancelled(kDeadline));
 }
 
+// DESIGN.md §4.8 (tractor means it, spec §6.7): after our own cancel(), an overrun of our own
+// sends (the peer stopped reading because we cancelled it) is absorbed at the open_context exit:
+// recorded as local_error, and the outcome is our absorbed cancel.
+TEST_F(ActorCancelTest, OwnOverrunAfterOurOwnCancelIsAbsorbedAtTheExit) {
+    Actor root("root", options());
+    Actor child("child", options());
+    std::atomic<bool> child_cancelled{false};
+    std::atomic<bool> release_child{false};
+    child.expose("reader", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        try {
+            for (;;) (void)stream.receive();
+        } catch (const Cancelled&) {
+            // Stops reading while it cleans up, so the parent's sends overrun it meanwhile.
+            child_cancelled = true;
+            (void)test::wait_until([&] { return release_child.load(); }, kBlockForever);
+            throw;
+        }
+    });
+    Portal portal = root.connect("child");
+    std::optional<Context> handle;
+    std::thread canceller;
+    std::thread releaser;
+    std::atomic<bool> overrun_raised{false};
+    std::optional<Outcome> outcome;
+    std::exception_ptr raised;
+    try {
+        outcome =
+            portal
+                .open_context(
+                    "reader", {},
+                    [&](Context& ctx, const Payload&) {
+                        handle.emplace(ctx.handle());
+                        auto stream = ctx.open_stream();
+                        canceller =
+                            std::thread([c = ctx.handle()]() mutable { c.cancel(kDeadline); });
+                        ASSERT_TRUE(
+                            test::wait_until([&] { return child_cancelled.load(); }, kDeadline));
+                        releaser = std::thread([&] {
+                            (void)test::wait_until([&] { return overrun_raised.load(); },
+                                                   kDeadline);
+                            release_child = true;
+                        });
+                        try {
+                            for (;;) stream.send("tick");
+                        } catch (const StreamOverrun& e) {
+                            EXPECT_EQ(e.sender(), root.uid());
+                            overrun_raised = true;
+                            throw;
+                        }
+                    },
+                    OpenOptions{})
+                .outcome;
+    } catch (...) {
+        raised = std::current_exception();
+    }
+    if (canceller.joinable()) canceller.join();
+    if (releaser.joinable()) releaser.join();
+    ASSERT_EQ(raised, nullptr) << "the overrun escaped open_context";
+    ASSERT_TRUE(outcome.has_value());
+    EXPECT_TRUE(outcome->is_absorbed_cancel());
+    ASSERT_TRUE(handle.has_value());
+    EXPECT_TRUE(handle->cancel_called());
+    EXPECT_TRUE(handle->cancel_acked());
+    try {
+        std::rethrow_exception(handle->local_error());
+    } catch (const StreamOverrun& e) {
+        EXPECT_EQ(e.cid(), handle->cid());
+    } catch (...) {
+        ADD_FAILURE() << "local_error is not the overrun";
+    }
+}
+
 }  // namespace
 }  // namespace shmctx
