@@ -1291,7 +1291,9 @@ const RemoteActorError* ContextState::remote_error_info() const {
 
 void ContextState::set_local_error(std::exception_ptr e) {
     const Lock lock(mu_);
-    if (!local_error_) local_error_ = std::move(e);
+    // The error leaving the open_context block is the local error (spec §3.5, §3.7), even when
+    // a wait inside the block recorded the remote error it raised there first.
+    local_error_ = std::move(e);
 }
 
 Outcome ContextState::outcome() const {

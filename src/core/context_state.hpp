@@ -149,6 +149,7 @@ public:
     Outcome outcome() const;
     bool has_outcome() const;
     State state() const;
+    /// Records the error that leaves the open_context block as local_error (overwrites).
     void set_local_error(std::exception_ptr e);
     /// A public handle onto `state`.
     static Context handle(std::shared_ptr<ContextState> state) noexcept;
