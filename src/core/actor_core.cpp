@@ -507,6 +507,17 @@ bool ActorCore::help_poll() noexcept {
     return worked;
 }
 
+bool ActorCore::help_link(const std::shared_ptr<Link>& link) noexcept {
+    if (!link->control_readable()) return false;  // the shared words only: cheap in a spin
+    try {
+        return link->read_control([&](const wire::ControlView& msg) { dispatch(link, msg); },
+                                  kRecordsPerPass, /*wait_for_lock=*/false) != 0;
+    } catch (...) {
+        link_error(link, std::current_exception());
+        return true;
+    }
+}
+
 // ---- control loop ----
 
 void ActorCore::control_loop() noexcept {

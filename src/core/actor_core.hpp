@@ -154,6 +154,12 @@ public:
     /// waits for a context event or a task (leader/follower: it saves the hop through the
     /// control loop). Skips a ring another thread is reading. True if it dispatched anything.
     bool help_poll() noexcept;
+    /// help_poll() for one link: dispatches what its inbound control ring holds now unless
+    /// another thread is reading it. A context's task calls it while it spins in a wait, so
+    /// that a record for it (a cancel request) needs no hop through our control loop, and the
+    /// peer, which watches briefly whether its record is read before it rings our doorbell,
+    /// needs no futex wake either. True if it dispatched anything.
+    bool help_link(const std::shared_ptr<Link>& link) noexcept;
     /// A thread starts (true) or stops (false) reading the control rings while it spins
     /// (help_poll). The first one in withdraws the doorbell from the rings (producers stop
     /// waking the sleeping control loop: the helpers read); the last one out advertises it

@@ -75,7 +75,8 @@ bool CancelScope::request(std::optional<Uid> canceller, std::string reason) {
         }
     }
     // [scope.requested] pairs with the acquire in cancelled(): stored after cancel_called_.
-    requested_.store(true, std::memory_order::release);
+    // seq_cst: the store half of the store-buffering pair of cancel_pending().
+    requested_.store(true, std::memory_order::seq_cst);
     return first;
 }
 
@@ -132,6 +133,9 @@ void throw_cancelled() {
         if (!e->scope_.cancelled()) continue;
         e->delivered_ = true;
         if (handling && !e->masked_) e->masked_ = handling;
+        // A request seen here (CancelScope::request) is completed here: the stop-callbacks
+        // (nested scopes, stop tokens) run now rather than when the canceller thread gets to it.
+        if (e->scope_.cancel_pending() && !NonBlockingThreadMark::active()) e->scope_.cancel();
     }
     throw Cancelled{};
 }

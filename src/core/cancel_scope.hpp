@@ -116,6 +116,13 @@ public:
     /// Fires when this scope or any enclosing scope is cancelled. Pass it to every blocking
     /// wait inside the scope (Waiter::wait, condition_variable_any::wait).
     std::stop_token stop_token() const noexcept { return source_.get_token(); }
+    /// request() ran but cancel() did not yet: the stop-callbacks are still owed. A thread that
+    /// learns of the request in a wait it was woken from completes it with cancel().
+    /// Sequentially consistent: see ContextState::cancel_scope_soon() (the waiter's flag and
+    /// this one are a store-buffering pair).
+    bool cancel_pending() const noexcept {
+        return requested_.load(std::memory_order::seq_cst) && !source_.stop_requested();
+    }
     /// The scope this one is nested in (identity only; nullptr for a root scope).
     const CancelScope* parent() const noexcept { return parent_; }
 

@@ -108,6 +108,24 @@ void ContextState::post_scope_cancel(std::optional<Uid> canceller, std::string r
     }
 }
 
+void ContextState::request_scope_cancel(const std::optional<Uid>& canceller,
+                                        const std::string& reason) {
+    (void)scope_.request(canceller, reason);
+}
+
+void ContextState::finish_scope_cancel(std::optional<Uid> canceller, std::string reason) {
+    // [ctx.waiting] a store-buffering pair with the waits' exit: we stored `requested` (seq_cst,
+    // CancelScope::request) and read the waits' flags (seq_cst); a wait stores its flag false
+    // (seq_cst) and then reads `requested` (complete_scope_cancel). One of the two sees the
+    // other: either the waiter completes the cancel, or we post it (both is harmless).
+    const bool waiting = receiving_.load(std::memory_order::seq_cst) ||
+                         send_waiting_slot_.load(std::memory_order::seq_cst) != 0 ||
+                         cancel_waiting_.load(std::memory_order::seq_cst);
+    if (!waiting) post_scope_cancel(std::move(canceller), std::move(reason));
+}
+
+void ContextState::help_link() noexcept { (void)core_->help_link(link_); }
+
 template <class Pred>
 bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& stop,
                                Deadline deadline) {
@@ -243,9 +261,11 @@ void ContextState::on_error(const wire::fb::Error& record) {
                        !receiving_.load(std::memory_order::acquire);
         blockers_.fetch_or(kBlockRemoteError, std::memory_order::release);  // [ctx.blockers]
     }
+    std::string reason = "the peer's task of this context failed";
+    if (cancel_scope) request_scope_cancel(canceller, reason);
     discard_spill_async();  // a failed context discards its spill
     notify();
-    if (cancel_scope) post_scope_cancel(canceller, "the peer's task of this context failed");
+    if (cancel_scope) finish_scope_cancel(std::move(canceller), std::move(reason));
 }
 
 void ContextState::on_stream_open(const shm::CarveDescriptor& descriptor) {
@@ -289,10 +309,11 @@ bool ContextState::on_cancel_request(std::uint64_t request_id, const Uid& reques
     std::string reason = "cancel requested by " + requester.to_string();
     // The fast half first: the task's checkpoints and its waits in this context (woken by
     // notify()) see the cancel now, on whatever thread dispatched the request; the stop-
-    // callbacks (nested scopes, stop tokens, other waits) follow on the canceller thread.
-    (void)scope_.request(requester, reason);
+    // callbacks (nested scopes, stop tokens, other waits) run on the thread that leaves such a
+    // wait, or on the canceller thread (docs/protocol.md §8, C1-C4).
+    request_scope_cancel(requester, reason);
     notify();
-    post_scope_cancel(requester, std::move(reason));
+    finish_scope_cancel(requester, std::move(reason));
     return true;
 }
 
@@ -672,8 +693,13 @@ void ContextState::cancel(Deadline deadline) {
         return std::find(acked_.begin(), acked_.end(), request_id) != acked_.end() ||
                transport_error_ != nullptr;
     };
+    cancel_waiting_.store(true, std::memory_order::seq_cst);  // [ctx.waiting]
     const bool answered = wait_locked(lock, acked, std::stop_token{}, deadline);
     lock.unlock();
+    // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load: the ack's ctxc
+    // requested our scope's cancel (spec §3.3 step 3); its stop-callbacks run here.
+    cancel_waiting_.store(false, std::memory_order::seq_cst);
+    complete_scope_cancel();
     core_->forget_request(request_id);
     if (!answered) {
         std::fprintf(stderr,
@@ -920,6 +946,8 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
         }
         const std::uint32_t seen = events_.load(std::memory_order::acquire);  // [ctx.event]
         const auto changed = [&] {
+            if (events_.load(std::memory_order::acquire) != seen) return true;  // [ctx.event]
+            help_link();  // as in wait_inbound: a cancel request needs no control-loop hop
             return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
         };
         const std::stop_token stop = current_stop_token();
@@ -932,11 +960,14 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
         } else {
             const BorrowedSlot slot(core_->slots());
             shm::Waiter waiter(core_->wake_table(), slot.index());
-            // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
-            send_waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
+            // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it; the Waiter's
+            // [wake.storeload] fence orders it before the check as well.
+            send_waiting_slot_.store(slot.index() + 1, std::memory_order::seq_cst);
             const shm::WaitStatus status =
                 out.ring().wait_writable_or(max_bytes, waiter, changed, *block_deadline, stop);
-            send_waiting_slot_.store(0, std::memory_order::relaxed);
+            // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load.
+            send_waiting_slot_.store(0, std::memory_order::seq_cst);
+            complete_scope_cancel();
             ready = status == shm::WaitStatus::ready;
             cancelled = status == shm::WaitStatus::cancelled;
         }
@@ -1075,8 +1106,12 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
     shm::Waiter waiter(core_->wake_table(), slot.index());
     // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
     waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
-    receiving_.store(true, std::memory_order::release);
+    // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it.
+    receiving_.store(true, std::memory_order::seq_cst);
     const auto changed = [&] {
+        if (events_.load(std::memory_order::acquire) != seen) return true;  // [ctx.event]
+        // While we spin, our link's control records (a cancel request for us) are read here.
+        help_link();
         return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
     };
     const std::stop_token stop = raise ? current_stop_token() : std::stop_token{};
@@ -1086,8 +1121,10 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
     } else {
         status = waiter.wait(idle_cell_, changed, deadline, stop);
     }
-    receiving_.store(false, std::memory_order::release);
+    // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load.
+    receiving_.store(false, std::memory_order::seq_cst);
     waiting_slot_.store(0, std::memory_order::relaxed);
+    complete_scope_cancel();
     if (status == shm::WaitStatus::cancelled) throw_cancelled();
     return status != shm::WaitStatus::timed_out;
 }

@@ -193,6 +193,20 @@ private:
     std::exception_ptr transport_error_locked() const;
     void ensure_out_ring();
     void post_scope_cancel(std::optional<Uid> canceller, std::string reason);
+    /// From a dispatching thread (never runs stop-callbacks): requests our scope's cancel
+    /// (its checkpoints see it now) and wakes our waits; the stop-callbacks run on the thread
+    /// that leaves one of our waits (complete_scope_cancel), or on the canceller thread when
+    /// nobody waits in this context now. Call notify() after it (the caller does).
+    void request_scope_cancel(const std::optional<Uid>& canceller, const std::string& reason);
+    /// After request_scope_cancel() and notify(): posts the stop-callbacks to the canceller
+    /// thread unless a thread waits in this context now (it runs them on its way out).
+    void finish_scope_cancel(std::optional<Uid> canceller, std::string reason);
+    /// A wait of ours ends (its flag cleared, seq_cst): completes a requested scope cancel.
+    void complete_scope_cancel() {
+        if (scope_.cancel_pending()) (void)scope_.cancel();
+    }
+    /// Reads the link's control ring while a wait spins (ActorCore::help_link).
+    void help_link() noexcept;
     /// The end of our inbound data as far as known (Stop/Return data_seq), or nullopt.
     std::optional<std::uint64_t> end_seq_locked() const noexcept;
     /// Sends one of our records; a child's first one carries the StartAck it owes.
@@ -259,6 +273,7 @@ private:
     std::atomic<bool> cancel_called_{false};
     std::atomic<std::uint32_t> blockers_{0};  // [ctx.blockers] "a sender must look under mu_"
     std::atomic<bool> receiving_{false};
+    std::atomic<bool> cancel_waiting_{false};  // parent: cancel() waits for its ack
     std::atomic<std::uint32_t> events_{0};
     std::atomic<std::uint32_t> waiting_slot_{0};
     shm::WakeCell idle_cell_{};  // the receiver waits here before the inbound ring exists
