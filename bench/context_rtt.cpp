@@ -1,12 +1,19 @@
-// shmctx_bench_context: the context round trip across two processes against the harness's ring
-// round trip, measured in one run (issue #4 bar; DESIGN.md §8: "context round trip (open,
-// started, return) <= 6x the blocking-mode round trip"). Method and figures: bench/README.md §5.
+// shmctx_bench_context: the context round trip and the cancel latency across two processes
+// against the harness's ring round trip, measured in one run (issue #4 bar, DESIGN.md §8:
+// "context round trip (open, started, return) <= 6x the blocking-mode round trip"; issue #6 bar:
+// "cancel latency, from ctx.cancel() to its return with the ctxc recorded, p50 <= 4x the
+// blocking-mode ring round trip, also with full data rings"). Method and figures: bench/README.md
+// §5 and §7.
 //
 //   shmctx_bench_context [--rounds 5] [--iterations 20000] [--json FILE] [--quick] [--help]
 //
 // Processes. The program posix_spawns copies of itself (bench::Peer, as the harness does):
 //  - one `--context-server` process for the whole run: an shmctx::Actor exposing "echo", which
-//    calls ctx.started(args) and returns args + 1, and "echo_plain", which only returns args + 1;
+//    calls ctx.started(args) and returns args + 1, "echo_plain", which only returns args + 1,
+//    "park", which calls started(args), opens its stream and blocks in receive() (nothing is
+//    ever sent to it), and "park_full", which calls started(args), opens its stream with
+//    on_full = block, try_sends until the parent's inbound ring is full and then blocks in one
+//    more send();
 //  - the harness's own peers (`--role echo|cacheline`), spawned by bench::run() for every ring
 //    measurement, each with fresh shared objects.
 // The parent holds the client Actor and one Portal to the server.
@@ -17,10 +24,15 @@
 //     cache-line round trip recorded before each;
 //  B  `iterations` × portal.open_context("echo", i, body) (open, Start, started(), body returns,
 //     Return, close), then `iterations` × portal.run("echo", i) and × portal.run("echo_plain",
-//     i), each call timed alone with two steady_clock reads; every started value and result is
+//     i), each call timed alone with two steady_clock reads; then `iterations` cancels of each
+//     of "park" and "park_full": open_context, and in the body (for park_full after the parent
+//     filled the child's inbound ring with try_send and saw its own inbound ring full and the
+//     child blocked in send(), through the ring's full_events counter) ctx.cancel() timed alone;
+//     the body then checks cancel_acked() and returns, and open_context must return the
+//     absorbed cancel (Outcome::is_absorbed_cancel()). Every started value and result is
 //     checked (a wrong one aborts). Around each kind, getrusage of both processes (the server
 //     answers over its stdin, outside the timed interval) gives context switches and CPU time
-//     per round trip.
+//     per call.
 // Context samples are summarised by the harness's own function (first 1000 of a round dropped
 // as warm-up when there are more than 2000, nearest rank), after an untimed warm-up before
 // round 1. Ratios are of medians over rounds (the harness's rule), with the per-round ratios'
@@ -42,6 +54,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -85,8 +98,17 @@ constexpr std::string_view kServerFlag = "--context-server";
 constexpr std::string_view kEndpoint = "echo";
 /// Returns args + 1 without started(): the plain one-shot RPC.
 constexpr std::string_view kPlainEndpoint = "echo_plain";
+/// started(args), opens its stream, blocks in receive(): only a cancel ends it.
+constexpr std::string_view kParkEndpoint = "park";
+/// started(args), opens its stream (on_full = block), fills the parent's inbound ring with
+/// try_send, then blocks in send(): only a cancel ends it.
+constexpr std::string_view kParkFullEndpoint = "park_full";
+/// Bytes of each message that fills a ring in park_full (both directions).
+constexpr std::size_t kFillBytes = 64;
 /// Bar of issue #4: open_context p50 <= this × the ring's block-mode p50.
 constexpr double kBar = 6.0;
+/// Bar of issue #6: cancel p50 <= this × the ring's block-mode p50 (both cancel kinds).
+constexpr double kCancelBar = 4.0;
 
 struct Config {
     int rounds = 5;
@@ -100,6 +122,9 @@ struct Config {
     bool pin_actors = true;
     /// ActorOptions::spin_before_sleep of both actors, in microseconds; -1: the library default.
     long spin_us = -1;
+    /// The cancel kinds: idle time between the parked state and ctx.cancel() (0: cancel at once,
+    /// while the child's threads may still be in their spin phase).
+    std::chrono::microseconds cancel_after{0};
     std::chrono::seconds stall{30};
     std::string ns;
     std::string json_path;
@@ -110,8 +135,9 @@ struct Config {
 std::string context_usage() {
     return "usage: shmctx_bench_context [options]\n"
            "  --rounds N          interleaved rounds, each: ring (spin, block) then contexts "
-           "(default 5)\n"
-           "  --iterations N      context round trips per round, of each kind (default 20000)\n"
+           "and cancels (default 5)\n"
+           "  --iterations N      context round trips and cancels per round, of each kind "
+           "(default 20000)\n"
            "  --warmup N          untimed round trips of each kind before round 1 (default 2000)\n"
            "  --ring-ms MS        duration of each ring round-trip run (default 200)\n"
            "  --ring-transport T  harness transport of the ring figure (default shmctx)\n"
@@ -122,6 +148,8 @@ std::string context_usage() {
            "processes (default); free: actor threads left to the scheduler\n"
            "  --spin-us US        ActorOptions::spin_before_sleep of both actors (default: the "
            "library's)\n"
+           "  --cancel-after-us US  the cancel kinds: wait US (untimed) in the parked state "
+           "before cancel(), so that the child's threads have gone to sleep (default 0)\n"
            "  --stall-s S         a context phase without progress for S s fails (default 30)\n"
            "  --ns NS             namespace of all shared objects (default bench-ctx-<pid>)\n"
            "  --json FILE         also write the results as JSON\n"
@@ -194,6 +222,8 @@ Config parse_config(std::span<const std::string_view> args) {
             c.stall = std::chrono::seconds(parse_number(k, value(), 1));
         } else if (k == "--spin-us") {
             c.spin_us = parse_number(k, value(), 0);
+        } else if (k == "--cancel-after-us") {
+            c.cancel_after = std::chrono::microseconds(parse_number(k, value(), 0));
         } else if (k == "--ns") {
             c.ns = value();
         } else if (k == "--json") {
@@ -300,6 +330,34 @@ int server_main(std::span<const std::string_view> args) {
         });
         actor.expose(std::string(kPlainEndpoint),
                      [](Context&, const Payload& in) { return successor(in); });
+        actor.expose(std::string(kParkEndpoint), [](Context& ctx, const Payload& in) -> Payload {
+            ctx.started(in);
+            MsgStream stream = ctx.open_stream();
+            (void)stream.receive();  // nothing is ever sent: only the parent's cancel ends this
+            throw std::logic_error("park: received a message nobody sent");
+        });
+        actor.expose(std::string(kParkFullEndpoint),
+                     [](Context& ctx, const Payload& in) -> Payload {
+                         ctx.started(in);
+                         StreamOptions options;
+                         options.on_full = OnFull::block;
+                         MsgStream stream = ctx.open_stream(options);
+                         const std::array<std::byte, kFillBytes> bytes{};
+                         const PayloadView message{std::span<const std::byte>(bytes)};
+                         for (;;) {
+                             const SendStatus s = stream.try_send(message);
+                             if (s == SendStatus::full) break;
+                             if (s == SendStatus::cancelled) ctx.checkpoint();  // throws Cancelled
+                             if (s != SendStatus::ok) {
+                                 throw std::runtime_error("park_full: try_send returned " +
+                                                          std::string(to_string(s)));
+                             }
+                         }
+                         // The parent never reads: this blocks (full_events moves a second time,
+                         // which the parent waits for) until the cancel.
+                         stream.send(message);
+                         throw std::logic_error("park_full: a send into a full ring returned");
+                     });
         say("ready");
         char buf[64];
         while (std::fgets(buf, sizeof buf, stdin) != nullptr) {
@@ -476,13 +534,109 @@ Clock::duration run_once(Portal& portal, std::string_view fn, std::int64_t tag, 
     return t1 - t0;
 }
 
-/// The context round trips measured in phase B, in this order.
+/// All counters of a ring, for a failed check's message.
+std::string describe(const shm::RingCounters& c) {
+    return "sent " + std::to_string(c.sent) + ", received " + std::to_string(c.received) +
+           ", payload bytes " + std::to_string(c.payload_bytes) + ", full events " +
+           std::to_string(c.full_events) + ", overruns " + std::to_string(c.overruns) +
+           ", spilled " + std::to_string(c.spilled);
+}
+
+/// Waits until the child of a park_full context has filled our inbound ring and blocks in
+/// send(), after we filled its inbound ring: both data rings full, nobody reading. The child's
+/// try_send that found our ring full counts one full event of that ring, its blocking send()'s
+/// first attempt a second, so two mean it is in send() (or about to wait in it). Polls the
+/// ring's counters (no sleep); CheckFailed after `stall`, the child's error as soon as it is
+/// recorded.
+void fill_both_rings(Context& ctx, MsgStream& stream, Duration stall) {
+    const std::array<std::byte, kFillBytes> bytes{};
+    const PayloadView message{std::span<const std::byte>(bytes)};
+    std::size_t sent = 0;
+    SendStatus s = SendStatus::ok;
+    while ((s = stream.try_send(message)) == SendStatus::ok) ++sent;
+    if (s != SendStatus::full || sent == 0) {
+        throw CheckFailed("park_full: the parent's try_send returned " + std::string(to_string(s)) +
+                          " after " + std::to_string(sent) +
+                          " messages, expected full after at least one");
+    }
+    const Deadline deadline(stall);
+    for (;;) {
+        // The counters are separate words read one after the other (ring.hpp: a snapshot may
+        // be stale), and this thread may be descheduled between two reads: one snapshot can
+        // show the child's full events but not yet its messages. So `sent` is part of the
+        // condition, not asserted from the same snapshot; a ring that never shows both fails at
+        // the deadline below.
+        const shm::RingCounters in = stream.inbound_counters();
+        if (in.full_events >= 2 && in.sent != 0) {
+            if (in.received != 0) {
+                throw CheckFailed("park_full: our inbound ring says " + describe(in) +
+                                  "; expected a full ring nobody read");
+            }
+            return;
+        }
+        if (const std::exception_ptr e = ctx.remote_error()) std::rethrow_exception(e);
+        if (deadline.expired()) {
+            throw CheckFailed(
+                "park_full: the child did not fill our inbound ring and block in send() within "
+                "the stall limit (our inbound ring: " +
+                describe(in) + "; our outbound ring: " + describe(stream.outbound_counters()) +
+                ")");
+        }
+        std::this_thread::yield();  // the child's threads may share our CPU (free placement)
+    }
+}
+
+/// One cancel of a parked child: open_context on "park" or (`full`) "park_full"; in the body,
+/// for park_full both data rings are filled first (fill_both_rings), then `cancel_after` passes
+/// and ctx.cancel() is timed alone. Checks the started value, that the cancel was acknowledged
+/// (the ctxc recorded when cancel() returned) and that open_context absorbed it. Returns the
+/// cancel's latency.
+Clock::duration cancel_once(Portal& portal, bool full, std::int64_t tag, Duration stall,
+                            Duration cancel_after) {
+    const Payload args = Payload::value(tag);
+    Clock::duration latency{};
+    bool acked = false;
+    const char* what = full ? "cancel (park_full)" : "cancel (park)";
+    auto r = portal.open_context(
+        full ? kParkFullEndpoint : kParkEndpoint, args, [&](Context& ctx, const Payload& first) {
+            if (first.value<std::int64_t>() != tag) {
+                throw CheckFailed(std::string(what) + ": started value is not the argument " +
+                                  std::to_string(tag));
+            }
+            std::optional<MsgStream> stream;
+            if (full) {
+                stream.emplace(ctx.open_stream());
+                fill_both_rings(ctx, *stream, stall);
+            }
+            if (cancel_after > Duration::zero()) std::this_thread::sleep_for(cancel_after);
+            const auto t0 = Clock::now();
+            ctx.cancel();
+            const auto t1 = Clock::now();
+            latency = t1 - t0;
+            acked = ctx.cancel_acked();
+        });
+    if (!acked) {
+        throw CheckFailed(std::string(what) +
+                          ": cancel() returned without the child's ContextCancelled recorded");
+    }
+    if (!r.outcome.is_absorbed_cancel()) {
+        r.outcome.rethrow_if_error();
+        throw CheckFailed(std::string(what) +
+                          ": open_context did not return our own cancel as absorbed");
+    }
+    return latency;
+}
+
+/// The calls measured in phase B, in this order.
 enum class Kind : std::uint8_t {
-    open_context,  ///< open_context on "echo" (the bar's figure)
+    open_context,  ///< open_context on "echo" (the issue #4 bar's figure)
     run,           ///< Portal::run on "echo" (whose started() value run() discards)
     run_plain,     ///< Portal::run on "echo_plain" (no started())
+    cancel_park,   ///< ctx.cancel() of "park" (child blocked in receive(); issue #6 bar)
+    cancel_full,   ///< ctx.cancel() of "park_full" (both data rings full; issue #6 bar)
 };
-constexpr Kind kKinds[] = {Kind::open_context, Kind::run, Kind::run_plain};
+constexpr Kind kKinds[] = {Kind::open_context, Kind::run, Kind::run_plain, Kind::cancel_park,
+                           Kind::cancel_full};
 
 const char* kind_name(Kind k) {
     switch (k) {
@@ -492,20 +646,38 @@ const char* kind_name(Kind k) {
             return "run";
         case Kind::run_plain:
             return "run_plain";
+        case Kind::cancel_park:
+            return "cancel_park";
+        case Kind::cancel_full:
+            return "cancel_full";
     }
     return "?";
 }
 
-/// `n` round trips of `kind`; arguments continue from `tag`. Returns the samples (ns).
+/// `n` calls of `kind`; arguments continue from `tag`. Returns the samples (ns).
 std::vector<std::uint32_t> measure(Kind kind, Portal& portal, std::size_t n, std::int64_t& tag,
-                                   Watchdog& watchdog, Duration stall) {
+                                   Watchdog& watchdog, const Config& cfg) {
     std::vector<std::uint32_t> samples;
     samples.reserve(n);
     watchdog.arm(kind_name(kind));
+    const Duration stall = cfg.stall;
     for (std::size_t i = 0; i < n; ++i) {
-        const auto d = kind == Kind::open_context ? open_context_once(portal, tag)
-                       : kind == Kind::run        ? run_once(portal, kEndpoint, tag, stall)
-                                                  : run_once(portal, kPlainEndpoint, tag, stall);
+        Clock::duration d{};
+        switch (kind) {
+            case Kind::open_context:
+                d = open_context_once(portal, tag);
+                break;
+            case Kind::run:
+                d = run_once(portal, kEndpoint, tag, stall);
+                break;
+            case Kind::run_plain:
+                d = run_once(portal, kPlainEndpoint, tag, stall);
+                break;
+            case Kind::cancel_park:
+            case Kind::cancel_full:
+                d = cancel_once(portal, kind == Kind::cancel_full, tag, stall, cfg.cancel_after);
+                break;
+        }
         ++tag;
         samples.push_back(clamp_ns(d));
         watchdog.tick(Clock::now());
@@ -592,8 +764,10 @@ const Row kRows[] = {
     {"open_context", "open_context", [](const Round& r) { return r.ctx[0].rtt; }},
     {"run", "run", [](const Round& r) { return r.ctx[1].rtt; }},
     {"run_plain", "run (plain)", [](const Round& r) { return r.ctx[2].rtt; }},
+    {"cancel_park", "cancel (park)", [](const Round& r) { return r.ctx[3].rtt; }},
+    {"cancel_full", "cancel (full)", [](const Round& r) { return r.ctx[4].rtt; }},
 };
-static_assert(std::size(kKinds) == 3, "kRows and kCostRows name every kind");
+static_assert(std::size(kKinds) == 5, "kRows and kCostRows name every kind");
 
 /// Per-round-trip cost of one kind: both processes' getrusage.
 struct CostRow {
@@ -601,8 +775,11 @@ struct CostRow {
     const char* label;
     std::size_t kind;
 };
-constexpr CostRow kCostRows[] = {
-    {"open_context", "open_context", 0}, {"run", "run", 1}, {"run_plain", "run (plain)", 2}};
+constexpr CostRow kCostRows[] = {{"open_context", "open_context", 0},
+                                 {"run", "run", 1},
+                                 {"run_plain", "run (plain)", 2},
+                                 {"cancel_park", "cancel (park)", 3},
+                                 {"cancel_full", "cancel (full)", 4}};
 
 Stat cost_over(const std::vector<Round>& rounds, std::size_t kind, bool server,
                double Usage::*field) {
@@ -647,12 +824,20 @@ std::vector<Ratio> ratios(const std::vector<Round>& rounds) {
     const Row& ctx = kRows[2];
     const Row& rpc = kRows[3];
     const Row& plain = kRows[4];
+    const Row& park = kRows[5];
+    const Row& full = kRows[6];
     add(ctx, block, &RoundTripRun::p50, "p50", kBar);
     add(ctx, spin, &RoundTripRun::p50, "p50", std::nullopt);
     add(ctx, block, &RoundTripRun::p99, "p99", std::nullopt);
     add(rpc, block, &RoundTripRun::p50, "p50", std::nullopt);
     add(rpc, spin, &RoundTripRun::p50, "p50", std::nullopt);
     add(plain, block, &RoundTripRun::p50, "p50", std::nullopt);
+    add(park, block, &RoundTripRun::p50, "p50", kCancelBar);
+    add(park, spin, &RoundTripRun::p50, "p50", std::nullopt);
+    add(full, block, &RoundTripRun::p50, "p50", kCancelBar);
+    add(full, spin, &RoundTripRun::p50, "p50", std::nullopt);
+    add(park, block, &RoundTripRun::p99, "p99", std::nullopt);
+    add(full, block, &RoundTripRun::p99, "p99", std::nullopt);
     return out;
 }
 
@@ -670,8 +855,13 @@ void print_table(const Config& cfg, const Meta& meta, const Placement& placement
         << cfg.ring_transport << " " << cfg.ring_size << " B, " << cfg.ring_duration.count()
         << " ms per mode; contexts: " << cfg.iterations
         << " of each kind per round (open_context and run on \"echo\", which calls started(); "
-           "run (plain) on \"echo_plain\", which does not), "
-        << cfg.warmup << " of each untimed before round 1\n"
+           "run (plain) on \"echo_plain\", which does not; cancel: ctx.cancel() alone, of "
+           "\"park\" (child blocked in receive()) and \"park_full\" (both data rings full, "
+           "child blocked in send())"
+        << (cfg.cancel_after.count() > 0
+                ? ", " + std::to_string(cfg.cancel_after.count()) + " us after the parked state"
+                : std::string())
+        << "), " << cfg.warmup << " of each untimed before round 1\n"
         << "medians over rounds, with the p50's (min - max) over rounds\n";
     if (meta.build_type != "Release" && meta.build_type != "RelWithDebInfo")
         out << "WARNING: not an optimised build; figures are not meaningful\n";
@@ -705,9 +895,10 @@ void print_table(const Config& cfg, const Meta& meta, const Placement& placement
     out << "  core-to-core cache-line round trip before each ring run: " << format_ns(c.median)
         << " (" << format_ns(c.min) << " - " << format_ns(c.max) << ")\n";
 
-    out << "\ncost per context round trip (medians over rounds; getrusage of each whole process)\n";
-    std::snprintf(line, sizeof line, "  %-14s %13s %8s %9s %13s %8s %9s\n", "round trip",
-                  "parent sleeps", "preempt", "cpu", "server sleeps", "preempt", "cpu");
+    out << "\ncost per call (medians over rounds; getrusage of each whole process; for the "
+           "cancels the whole open_context with the cancel inside)\n";
+    std::snprintf(line, sizeof line, "  %-14s %13s %8s %9s %13s %8s %9s\n", "call", "parent sleeps",
+                  "preempt", "cpu", "server sleeps", "preempt", "cpu");
     out << line;
     for (const CostRow& row : kCostRows) {
         auto med = [&](bool server, double Usage::*f) {
@@ -764,6 +955,7 @@ void write_json(const Config& cfg, const Meta& meta, const Placement& placement,
       << ", \"ring_transport\": \"" << json_escaped(cfg.ring_transport)
       << "\", \"ring_size\": " << cfg.ring_size << ", \"c2c_round_trips\": " << cfg.c2c_round_trips
       << ", \"spin_before_sleep_us\": " << cfg.spin_us
+      << ", \"cancel_after_us\": " << cfg.cancel_after.count()
       << ", \"quick\": " << (cfg.quick ? "true" : "false") << "},\n"
       << "  \"results\": {";
     for (std::size_t ri = 0; ri < std::size(kRows); ++ri) {
@@ -856,7 +1048,7 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
         Portal portal = client.connect(server_name, Deadline(10s));
         Watchdog watchdog(server.pid(), cfg.stall);
         std::int64_t tag = 0;
-        for (const Kind k : kKinds) (void)measure(k, portal, cfg.warmup, tag, watchdog, cfg.stall);
+        for (const Kind k : kKinds) (void)measure(k, portal, cfg.warmup, tag, watchdog, cfg);
         for (int r = 0; r < cfg.rounds; ++r) {
             check_stop();
             Round round;
@@ -867,7 +1059,7 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
                 ContextFigures& f = round.ctx[k];
                 const Usage parent0 = Usage::self();
                 const Usage server0 = server.usage();
-                auto s = measure(kKinds[k], portal, cfg.iterations, tag, watchdog, cfg.stall);
+                auto s = measure(kKinds[k], portal, cfg.iterations, tag, watchdog, cfg);
                 f.parent = Usage::per_call(parent0, Usage::self(), cfg.iterations);
                 f.server = Usage::per_call(server0, server.usage(), cfg.iterations);
                 f.rtt = round_trip_percentiles(s);
@@ -877,7 +1069,9 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
                       << format_ns(round.ring.spin.p50) << "; open_context p50 "
                       << format_ns(round.ctx[0].rtt.p50) << ", run p50 "
                       << format_ns(round.ctx[1].rtt.p50) << ", run (plain) p50 "
-                      << format_ns(round.ctx[2].rtt.p50) << "\n"
+                      << format_ns(round.ctx[2].rtt.p50) << "; cancel (park) p50 "
+                      << format_ns(round.ctx[3].rtt.p50) << ", cancel (full) p50 "
+                      << format_ns(round.ctx[4].rtt.p50) << "\n"
                       << std::flush;
             rounds.push_back(round);
         }
