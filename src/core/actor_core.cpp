@@ -436,8 +436,11 @@ void ActorCore::helping(bool on) noexcept {
         // look again; only a ring that keeps filling is left to the loop, with a ring. The
         // advertisement is stored (and fenced) once: the later looks are ordered after it
         // already, and a helper that came in meanwhile withdrew it on purpose.
-        const std::shared_ptr<const LinkList> links =
-            t_help.core == this ? t_help.list : cached_links();
+        // The links as they are now, not as this helper last saw them: the control loop may
+        // have attached a link since and gone to sleep unadvertised on it too (it counted on
+        // us), and a record on that link would then wake nobody (seen as a hang of a Start on
+        // a fresh link while another context's thread helped).
+        const std::shared_ptr<const LinkList> links = cached_links();
         for (const auto& link : *links) link->advertise_doorbell(true);
         for (int round = 0;; ++round) {
             bool pending = false;
