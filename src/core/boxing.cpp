@@ -114,6 +114,7 @@ BoxedError box(const std::exception_ptr& error, const Uid& self, const Cid& cid,
     try {
         std::rethrow_exception(error);
     } catch (const ContextCancelled& e) {
+        if (e.info().relay_path.empty()) return box_own_cancel(e.info(), self, cid, endpoint);
         // Spec §3.6 "a relayed ctxc": re-packed with us as the source, canceller and path kept.
         info = e.info();
         info.traceback = info.relay_path.empty()
@@ -161,6 +162,12 @@ BoxedError box(const std::exception_ptr& error, const Uid& self, const Cid& cid,
 ContextCancelled make_context_cancelled(const Uid& self, const Uid& peer,
                                         const std::optional<Uid>& canceller, const Cid& cid,
                                         Side side, std::string_view reason) {
+    return ContextCancelled(context_cancelled_info(self, peer, canceller, cid, side, reason));
+}
+
+RemoteErrorInfo context_cancelled_info(const Uid& self, const Uid& peer,
+                                       const std::optional<Uid>& canceller, const Cid& cid,
+                                       Side side, std::string_view reason) {
     const Uid& who = canceller.value_or(self);
     std::string text = "'" + std::string(to_string(side)) + "'-side task was cancelled by ";
     if (!canceller) {
@@ -184,7 +191,7 @@ ContextCancelled make_context_cancelled(const Uid& self, const Uid& peer,
     info.message = std::move(text);
     info.cid = cid;
     info.canceller = who;
-    return ContextCancelled(std::move(info));
+    return info;
 }
 
 RemoteErrorInfo unbox_info(const wire::fb::Error& m) {
@@ -225,13 +232,41 @@ RemoteErrorInfo unbox_info(const wire::fb::Error& m) {
     return info;
 }
 
-std::exception_ptr unbox(const wire::fb::Error& record) {
-    RemoteErrorInfo info = unbox_info(record);
-    if (info.boxed_type == kContextCancelled) {
-        return std::make_exception_ptr(ContextCancelled(std::move(info)));
-    }
-    return std::make_exception_ptr(RemoteActorError(std::move(info)));
+BoxedError box_own_cancel(const RemoteErrorInfo& e, const Uid& self, const Cid& cid,
+                          std::string_view endpoint) {
+    BoxedError out;
+    out.info = e;
+    RemoteErrorInfo& info = out.info;
+    info.traceback = std::string(kContextCancelled) + " raised in " + place(self, cid, endpoint) +
+                     (info.traceback.empty() ? "" : "\n" + info.traceback);
+    info.src_uid = self;
+    info.boxed_type = kContextCancelled;
+    info.src_type = kContextCancelled;
+    info.cid = cid;
+    info.relay_path.push_back(self);
+    out.hop = self;
+    return out;
 }
+
+Unboxed unbox_fields(const wire::fb::Error& record) {
+    RemoteErrorInfo info = unbox_info(record);
+    Unboxed out;
+    // make_exception_ptr copies the object; the copy shares the info block `info()` refers
+    // to, so the pointer taken here stays valid as long as the exception_ptr.
+    if (info.boxed_type == kContextCancelled) {
+        ContextCancelled e(std::move(info));
+        out.info = &e.info();
+        out.context_cancelled = true;
+        out.error = std::make_exception_ptr(std::move(e));
+    } else {
+        RemoteActorError e(std::move(info));
+        out.info = &e.info();
+        out.error = std::make_exception_ptr(std::move(e));
+    }
+    return out;
+}
+
+std::exception_ptr unbox(const wire::fb::Error& record) { return unbox_fields(record).error; }
 
 std::exception_ptr unbox(const wire::ControlView& view) {
     const auto* record = view.as<wire::fb::Error>();

@@ -60,9 +60,28 @@ BoxedError box(const std::exception_ptr& error, const Uid& self, const Cid& cid,
 ///   "by a remote peer" | "by an unknown cause"
 /// followed by "canceller: <uid>", "cancellee: <uid>", "cid: <cid>" and "reason: <reason>"
 /// lines (reason only when given). `side` is the side of the cancelled task.
+RemoteErrorInfo context_cancelled_info(const Uid& self, const Uid& peer,
+                                       const std::optional<Uid>& canceller, const Cid& cid,
+                                       Side side, std::string_view reason = {});
+/// ContextCancelled(context_cancelled_info(...)).
 ContextCancelled make_context_cancelled(const Uid& self, const Uid& peer,
                                         const std::optional<Uid>& canceller, const Cid& cid,
                                         Side side, std::string_view reason = {});
+
+/// What box() makes of a ContextCancelled with fields `e` raised by this task itself (empty
+/// relay_path), without an exception object: the cancel path ships it first and builds the
+/// object afterwards (context_cancelled_info, then ContextCancelled(info)).
+BoxedError box_own_cancel(const RemoteErrorInfo& e, const Uid& self, const Cid& cid,
+                          std::string_view endpoint = {});
+
+/// unbox() with what the receiver decides on at hand, so that it needs no rethrow to look:
+/// `info` points into the error object (valid as long as `error` lives).
+struct Unboxed {
+    std::exception_ptr error;
+    const RemoteErrorInfo* info = nullptr;
+    bool context_cancelled = false;
+};
+Unboxed unbox_fields(const wire::fb::Error& record);
 
 /// The error carried by a verified Error record: a ContextCancelled when boxed_type is
 /// "ContextCancelled", else a RemoteActorError (a shipped StreamOverrun is a RemoteActorError

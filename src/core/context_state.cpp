@@ -243,16 +243,17 @@ void ContextState::on_error(const wire::fb::Error& record) {
     {
         Lock lock(mu_);
         if (remote_error_ || result_) return;  // first error wins; a Return was final
-        remote_error_ = unbox(record);
-        remote_info_ = exception_as<RemoteActorError>(remote_error_);
+        Unboxed unboxed = unbox_fields(record);
+        remote_error_ = std::move(unboxed.error);
+        remote_fields_ = unboxed.info;
+        remote_ctxc_ = unboxed.context_cancelled;
         // spec §3.3 step 2: a ctxc naming us as canceller is "self"; otherwise the peer that
-        // sent (relayed) it.
-        // One rethrow above to find the object; the rest are casts of it (the ack of a cancel
-        // is on cancel()'s path: each rethrow costs a microsecond).
-        if (const auto* ctxc = dynamic_cast<const ContextCancelled*>(remote_info_)) {
-            canceller_ = ctxc->canceller() == self() ? self() : ctxc->src_uid();
-        } else if (remote_info_ != nullptr) {
-            canceller_ = remote_info_->src_uid();
+        // sent (relayed) it. (A ContextCancelled always has a canceller: its constructor sets
+        // src_uid when the record had none.)
+        if (remote_ctxc_ && remote_fields_->canceller == self()) {
+            canceller_ = self();
+        } else {
+            canceller_ = remote_fields_->src_uid;
         }
         canceller = canceller_;
         // Step 3: a self-cancel ack cancels the scope only when the task is not receiving on
@@ -495,7 +496,7 @@ Outcome ContextState::exit_parent(const std::exception_ptr& body_error) {
         bool graceful = false;
         {
             const Lock lock(mu_);
-            graceful = cancel_called() && remote_info_ == &x && x.canceller() == self();
+            graceful = cancel_called() && body_error == remote_error_ && x.canceller() == self();
         }
         if (graceful) return Outcome::of_error(body_error, true);
         throw;
@@ -571,6 +572,8 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
     settle_spill(false);  // close_stream() flushed it, or the stream was closed before
     const std::uint64_t data_seq = out_ ? out_->ring().written_msgs() : 0;
     std::exception_ptr ship_error;
+    std::optional<RemoteErrorInfo> own_cancel;  // our own ContextCancelled's fields
+    std::optional<BoxedError> own_boxed;        // ... boxed
     if (error && is_cancelled(error)) {
         cancelled = true;
         error = nullptr;
@@ -588,32 +591,47 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
             } else {
                 const std::optional<Uid> who =
                     cancel_called() ? std::optional<Uid>(self()) : canceller_;
-                ship_error = std::make_exception_ptr(make_context_cancelled(
-                    self(), peer(), who, cid_, Side::child, scope_.reason()));
+                // Boxed from its fields; the exception object (our local_error) is built
+                // after the ack: cancel()'s latency waits for these records, not for it.
+                own_cancel.emplace(context_cancelled_info(self(), peer(), who, cid_, Side::child,
+                                                          scope_.reason()));
+                own_boxed.emplace(box_own_cancel(*own_cancel, self(), cid_, fn_));
             }
-            local_error_ = ship_error;
+            if (ship_error) local_error_ = ship_error;
         } else if (value) {
             result_ = *value;
         }
     }
     bool sent = true;
-    if (ship_error) {
-        BoxedError boxed = box(ship_error, self(), cid_, fn_);
-        sent = ship([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(data_seq)); });
+    // The acks owed now go out with the terminal in one publish: the peer reads (and is woken
+    // for) both at once. pending_acks_ only grows until task_done_ is set below; an ack
+    // requested meanwhile publishes the deferred terminal with it.
+    bool acks_owed = false;
+    {
+        const Lock lock(mu_);
+        acks_owed = !pending_acks_.empty();
+    }
+    const shm::Publish terminal_publish = acks_owed ? shm::Publish::deferred : shm::Publish::now;
+    if (own_boxed || ship_error) {
+        BoxedError boxed = own_boxed ? std::move(*own_boxed) : box(ship_error, self(), cid_, fn_);
+        sent = ship([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(data_seq)); },
+                    terminal_publish);
     } else {
         const Payload empty;
         const Payload& v = value ? *value : empty;
         std::optional<BoxedError> too_large;
-        sent = ship([&](wire::ControlEncoder& enc) {
-            const std::span<const std::byte> rec = enc.return_value(cid_, data_seq, v);
-            if (rec.size() <= enc.max_record_bytes()) return rec;
-            // Too big for one control record: the parent gets PayloadTooLarge instead.
-            too_large.emplace(box(
-                std::make_exception_ptr(PayloadTooLarge("Return value of endpoint '" + fn_ + "'",
-                                                        rec.size(), enc.max_record_bytes())),
-                self(), cid_, fn_));
-            return enc.error(too_large->fields(data_seq));
-        });
+        sent = ship(
+            [&](wire::ControlEncoder& enc) {
+                const std::span<const std::byte> rec = enc.return_value(cid_, data_seq, v);
+                if (rec.size() <= enc.max_record_bytes()) return rec;
+                // Too big for one control record: the parent gets PayloadTooLarge instead.
+                too_large.emplace(box(std::make_exception_ptr(
+                                          PayloadTooLarge("Return value of endpoint '" + fn_ + "'",
+                                                          rec.size(), enc.max_record_bytes())),
+                                      self(), cid_, fn_));
+                return enc.error(too_large->fields(data_seq));
+            },
+            terminal_publish);
     }
     (void)sent;  // a lost link: the parent learns it from the link, not from this record
     std::vector<std::uint64_t> acks;
@@ -622,10 +640,17 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
         task_done_ = true;
         acks.swap(pending_acks_);
     }
+    const auto record_own_cancel = [&] {
+        if (!own_cancel) return;
+        std::exception_ptr e = std::make_exception_ptr(ContextCancelled(std::move(*own_cancel)));
+        const Lock lock(mu_);
+        local_error_ = std::move(e);
+    };
     // spec §3.1: the terminal precedes the ack on the same FIFO ring.
     for (const std::uint64_t id : acks) {
         (void)ship([&](wire::ControlEncoder& enc) { return enc.cancel_ack(id, true); });
     }
+    record_own_cancel();
     finish();
 }
 
@@ -1232,6 +1257,13 @@ void ContextState::close_stream(bool flush) {
     }
     // The Stop counts what reached the ring: the spill is flushed (or discarded) first.
     settle_spill(flush);
+    if (side_ == Side::child && !flush && scope_.cancelled()) {
+        // A cancelled task's stream closed by the unwinding: its terminal follows at once and
+        // ends the parent's stream itself (an Error takes effect at once; data_seq of a Return
+        // is counted), so a Stop ahead of it would only delay the ack cancel() waits for.
+        notify();
+        return;
+    }
     const std::uint64_t data_seq = out_ ? out_->ring().written_msgs() : 0;
     // A lost link makes the Stop moot; the stream is closed either way.
     (void)ship([&](wire::ControlEncoder& enc) { return enc.stop(cid_, data_seq); });
@@ -1287,11 +1319,14 @@ std::size_t ContextState::max_message_bytes() const noexcept {
 
 bool ContextState::is_self_cancelled_locked(const std::exception_ptr& e) const {
     if (!cancel_called()) return false;
-    // The recorded remote error's object is known (remote_info_): a cast, not a rethrow.
-    const auto* ctxc = e == remote_error_ ? dynamic_cast<const ContextCancelled*>(remote_info_)
-                                          : exception_as<ContextCancelled>(e);
-    return ctxc != nullptr && ctxc->src_uid() == peer() && ctxc->canceller() == self() &&
-           canceller_ && *canceller_ == self();
+    if (!canceller_ || *canceller_ != self()) return false;
+    if (e == remote_error_) {
+        // The recorded remote error's fields are at hand: no rethrow.
+        return remote_ctxc_ && remote_fields_->src_uid == peer() &&
+               remote_fields_->canceller == self();
+    }
+    const auto* ctxc = exception_as<ContextCancelled>(e);
+    return ctxc != nullptr && ctxc->src_uid() == peer() && ctxc->canceller() == self();
 }
 
 bool ContextState::cancel_acked() const {
@@ -1316,14 +1351,15 @@ std::exception_ptr ContextState::local_error() const {
 
 std::exception_ptr ContextState::maybe_error() const {
     const Lock lock(mu_);
-    if (remote_info_ != nullptr) return remote_error_;
+    if (remote_error_) return remote_error_;  // always a RemoteActorError: remote wins
     if (local_error_) return local_error_;
     return remote_error_ ? remote_error_ : transport_error_;
 }
 
 const RemoteActorError* ContextState::remote_error_info() const {
     const Lock lock(mu_);
-    return remote_info_;
+    // The object lives as long as remote_error_, which is set once: the pointer stays valid.
+    return exception_as<RemoteActorError>(remote_error_);
 }
 
 void ContextState::set_local_error(std::exception_ptr e) {
@@ -1346,7 +1382,7 @@ bool ContextState::has_outcome() const { return outcome().resolved(); }
 State ContextState::state() const {
     const Lock lock(mu_);
     if (remote_error_) {
-        if (dynamic_cast<const ContextCancelled*>(remote_info_) != nullptr) {
+        if (remote_ctxc_) {
             return is_self_cancelled_locked(remote_error_) ? State::self_cancelled
                                                            : State::peer_cancelled;
         }

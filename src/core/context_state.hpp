@@ -210,13 +210,14 @@ private:
     /// The end of our inbound data as far as known (Stop/Return data_seq), or nullopt.
     std::optional<std::uint64_t> end_seq_locked() const noexcept;
     /// Sends one of our records; a child's first one carries the StartAck it owes.
+    /// `publish` deferred: the record becomes visible with the next one (written right after).
     template <class Encode>
-    bool ship(Encode&& encode) {
-        if (side_ == Side::parent) return link_->send(std::forward<Encode>(encode));
+    bool ship(Encode&& encode, shm::Publish publish = shm::Publish::now) {
+        if (side_ == Side::parent) return link_->send(std::forward<Encode>(encode), publish);
         return link_->send_owing(
             &start_ack_owed_,
             [this](wire::ControlEncoder& enc) { return enc.start_ack(cid_, own_); },
-            std::forward<Encode>(encode));
+            std::forward<Encode>(encode), publish);
     }
 
     std::shared_ptr<ActorCore> core_;
@@ -237,7 +238,10 @@ private:
     std::optional<std::uint64_t> return_seq_;
     std::optional<std::uint64_t> stop_seq_;  // the peer's Stop
     std::exception_ptr remote_error_;
-    const RemoteActorError* remote_info_ = nullptr;
+    // The recorded remote error's fields (inside its object, which lives as long as
+    // remote_error_): the decisions on it need no rethrow (one costs microseconds).
+    const RemoteErrorInfo* remote_fields_ = nullptr;
+    bool remote_ctxc_ = false;  // remote_error_ is a ContextCancelled
     std::exception_ptr local_error_;
     std::exception_ptr transport_error_;
     std::optional<Uid> canceller_;
