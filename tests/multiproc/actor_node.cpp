@@ -90,6 +90,7 @@
 #include <string>
 #include <vector>
 
+#include "error_as.hpp"
 #include "shmctx/actor.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/spawner.hpp"
@@ -99,6 +100,7 @@ namespace {
 
 using namespace shmctx;
 using namespace std::chrono_literals;
+using shmctx::test::error_as;
 
 void say(const std::string& line) {
     std::fputs((line + "\n").c_str(), stdout);
@@ -254,19 +256,6 @@ std::vector<std::string> words_of(const Payload& args, std::size_t n, const char
                                     " words, got '" + args.value<std::string>() + "'");
     }
     return w;
-}
-
-/// The exception in `e` as E, or nullptr.
-template <class E>
-const E* error_as(const std::exception_ptr& e) {
-    if (!e) return nullptr;
-    try {
-        std::rethrow_exception(e);
-    } catch (const E& typed) {
-        return &typed;  // lives as long as `e` (rethrow_exception does not copy)
-    } catch (...) {
-        return nullptr;
-    }
 }
 
 /// A line read from `fd` with a deadline (poll): the "ready" of a sub-actor.

@@ -42,6 +42,7 @@
 #include <utility>
 
 #include "context_support.hpp"
+#include "error_as.hpp"
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -58,6 +59,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::body_must_not_run;
+using test::error_as;
 using test::Watchdog;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -69,19 +71,6 @@ constexpr auto kTestLimit = 150s;
 
 bool exited_cleanly(const std::optional<int>& status) {
     return status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0;
-}
-
-/// The exception in `e` as E, or nullptr (the object lives as long as `e`).
-template <class E>
-const E* error_as(const std::exception_ptr& e) {
-    if (!e) return nullptr;
-    try {
-        std::rethrow_exception(e);
-    } catch (const E& typed) {
-        return &typed;
-    } catch (...) {
-        return nullptr;
-    }
 }
 
 std::string flag(bool b) { return b ? "1" : "0"; }

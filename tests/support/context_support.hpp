@@ -3,17 +3,21 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -75,6 +79,39 @@ char thread_state(pid_t tid) {
 }
 
 pid_t current_tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
+
+/// Threads of this process that the library started (named "shmctx-..."). Sanitizer runtimes
+/// start threads of their own (TSan's background thread appears lazily), so counting every task
+/// would make the counts depend on the build.
+inline std::size_t library_threads() {
+    std::size_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream comm(e.path() / "comm");
+        std::string name;
+        std::getline(comm, name);
+        if (name.rfind("shmctx-", 0) == 0) ++n;
+    }
+    return n;
+}
+
+/// The set of /dev/shm objects of a namespace.
+inline std::set<std::string> objects_of(const shm::Names& names) {
+    const auto all = all_objects(names);
+    return {all.begin(), all.end()};
+}
+
+/// Bytes of /dev/shm actually allocated to the namespace's link arenas (they are sparse: only
+/// carved rings take memory), so a ring that is never freed shows up here.
+inline std::uint64_t link_bytes_allocated(const shm::Names& names) {
+    std::uint64_t total = 0;
+    for (const auto& n : names.list("link")) {
+        struct stat st {};
+        if (::stat(shm::shm_path(names.prefix() + "link." + n).c_str(), &st) == 0) {
+            total += static_cast<std::uint64_t>(st.st_blocks) * 512;
+        }
+    }
+    return total;
+}
 
 /// A body for contexts whose body must never run (errors raised at entry).
 auto body_must_not_run(std::atomic<bool>& ran) {

@@ -55,6 +55,7 @@
 
 #include "context_support.hpp"
 #include "core/cancel_scope.hpp"
+#include "error_as.hpp"
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -73,6 +74,10 @@ namespace {
 using namespace std::chrono_literals;
 using test::body_must_not_run;
 using test::current_tid;
+using test::error_as;
+using test::library_threads;
+using test::link_bytes_allocated;
+using test::objects_of;
 using test::thread_state;
 using ::testing::HasSubstr;
 
@@ -91,19 +96,6 @@ struct KeyboardInterrupt {
 };
 /// tractor's ValueError.
 using ValueError = std::invalid_argument;
-
-/// The object `e` holds as a T, or nullptr (the object lives as long as `e`).
-template <class T>
-const T* error_as(const std::exception_ptr& e) {
-    if (!e) return nullptr;
-    try {
-        std::rethrow_exception(e);
-    } catch (const T& t) {
-        return &t;
-    } catch (...) {
-        return nullptr;
-    }
-}
 
 /// "std::invalid_argument: ..." etc., for failure messages.
 std::string describe(const std::exception_ptr& e) {
@@ -128,35 +120,6 @@ void expect_ctxc(const std::exception_ptr& e, const Uid& canceller, const Uid& s
     EXPECT_EQ(ctxc->canceller(), canceller) << ctxc->what();
     EXPECT_EQ(ctxc->src_uid(), src) << ctxc->what();
     EXPECT_EQ(ctxc->boxed_type_name(), "ContextCancelled");
-}
-
-/// Threads of this process that the library started (named "shmctx-...").
-std::size_t library_threads() {
-    std::size_t n = 0;
-    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream comm(e.path() / "comm");
-        std::string name;
-        std::getline(comm, name);
-        if (name.rfind("shmctx-", 0) == 0) ++n;
-    }
-    return n;
-}
-
-std::set<std::string> objects_of(const shm::Names& names) {
-    const auto all = test::all_objects(names);
-    return {all.begin(), all.end()};
-}
-
-/// Bytes of /dev/shm allocated to the namespace's (sparse) link arenas: a leaked ring shows.
-std::uint64_t link_bytes_allocated(const shm::Names& names) {
-    std::uint64_t total = 0;
-    for (const auto& n : names.list("link")) {
-        struct stat st {};
-        if (::stat(shm::shm_path(names.prefix() + "link." + n).c_str(), &st) == 0) {
-            total += static_cast<std::uint64_t>(st.st_blocks) * 512;
-        }
-    }
-    return total;
 }
 
 /// tractor's `_state` flag of a child task: true while the endpoint runs; its "finally" (this

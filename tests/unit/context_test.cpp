@@ -62,6 +62,9 @@ namespace {
 using namespace std::chrono_literals;
 using test::body_must_not_run;
 using test::current_tid;
+using test::library_threads;
+using test::link_bytes_allocated;
+using test::objects_of;
 using test::thread_state;
 using test::Watchdog;
 using ::testing::HasSubstr;
@@ -73,38 +76,6 @@ constexpr auto kDeadline = 20s;
 constexpr auto kTestLimit = 90s;
 /// How long a child "blocks": far beyond kDeadline, so only a cancellation can end the wait early.
 constexpr auto kBlockForever = 60s;
-
-/// Threads of this process that the library started (named "shmctx-..."). Sanitizer runtimes
-/// start threads of their own, so counting every task would depend on the build.
-std::size_t library_threads() {
-    std::size_t n = 0;
-    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream comm(e.path() / "comm");
-        std::string name;
-        std::getline(comm, name);
-        if (name.rfind("shmctx-", 0) == 0) ++n;
-    }
-    return n;
-}
-
-/// The set of /dev/shm objects of a namespace.
-std::set<std::string> objects_of(const shm::Names& names) {
-    const auto all = test::all_objects(names);
-    return {all.begin(), all.end()};
-}
-
-/// Bytes of /dev/shm actually allocated to the namespace's link arenas (they are sparse: only
-/// carved rings take memory), so a ring that is never freed shows up here.
-std::uint64_t link_bytes_allocated(const shm::Names& names) {
-    std::uint64_t total = 0;
-    for (const auto& n : names.list("link")) {
-        struct stat st {};
-        if (::stat(shm::shm_path(names.prefix() + "link." + n).c_str(), &st) == 0) {
-            total += static_cast<std::uint64_t>(st.st_blocks) * 512;
-        }
-    }
-    return total;
-}
 
 class ContextTest : public test::ActorTest {
 protected:

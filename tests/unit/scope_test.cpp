@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "context_support.hpp"
 #include "core/cancel_scope.hpp"
 #include "core/canceller_thread.hpp"
 #include "core/endpoint_pool.hpp"
@@ -65,20 +66,6 @@ private:
     std::condition_variable cv_;
     bool open_ = false;
 };
-
-/// Threads of this process that the library started (their names begin with "shmctx-"), as
-/// the kernel lists them. Sanitizer runtimes start threads of their own (TSan's background
-/// thread appears lazily), so counting every task would make the counts depend on the build.
-std::size_t thread_count() {
-    std::size_t n = 0;
-    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream comm(e.path() / "comm");
-        std::string name;
-        std::getline(comm, name);
-        if (name.rfind("shmctx-", 0) == 0) ++n;
-    }
-    return n;
-}
 
 // ---------------------------------------------------------------------------------------------
 // CancelScope
@@ -812,7 +799,7 @@ TEST(EndpointPool, ReusesTheMostRecentlyIdledThreadFirst) {
 }
 
 TEST(EndpointPool, RetiresIdleThreadsAfterTheTimeout) {
-    const std::size_t before = thread_count();
+    const std::size_t before = test::library_threads();
     Gate gate;
     std::latch running(3);
     EndpointPool pool(pool_options(8, std::chrono::milliseconds(50)));
@@ -823,7 +810,7 @@ TEST(EndpointPool, RetiresIdleThreadsAfterTheTimeout) {
         }));
     }
     running.wait();
-    EXPECT_EQ(thread_count(), before + 3);
+    EXPECT_EQ(test::library_threads(), before + 3);
     gate.open();
     EXPECT_TRUE(test::wait_until([&] { return pool.threads() == 0; }, kDeadline));
     const EndpointPoolStats s = pool.stats();
@@ -831,8 +818,8 @@ TEST(EndpointPool, RetiresIdleThreadsAfterTheTimeout) {
     EXPECT_EQ(s.idle, 0u);
     // The kernel threads are gone too (the last retiree is joined only at shutdown, but it
     // has exited; the count drops as the kernel reaps them).
-    EXPECT_TRUE(test::wait_until([&] { return thread_count() == before; }, kDeadline))
-        << thread_count() << " threads, " << before << " before";
+    EXPECT_TRUE(test::wait_until([&] { return test::library_threads() == before; }, kDeadline))
+        << test::library_threads() << " threads, " << before << " before";
     // A retired pool still serves: a new thread is started.
     std::promise<void> ran;
     ASSERT_TRUE(pool.try_submit([&] { ran.set_value(); }));
@@ -841,7 +828,7 @@ TEST(EndpointPool, RetiresIdleThreadsAfterTheTimeout) {
 }
 
 TEST(EndpointPool, ShutdownWaitsForRunningTasksJoinsEveryThreadAndRefusesNewTasks) {
-    const std::size_t before = thread_count();
+    const std::size_t before = test::library_threads();
     Gate gate;
     std::latch running(8);
     std::atomic<int> finished{0};
@@ -868,13 +855,13 @@ TEST(EndpointPool, ShutdownWaitsForRunningTasksJoinsEveryThreadAndRefusesNewTask
     EXPECT_EQ(finished.load(), 8);
     EXPECT_EQ(pool->threads(), 0u);
     pool.reset();
-    EXPECT_TRUE(test::wait_until([&] { return thread_count() == before; }, kDeadline))
-        << thread_count() << " threads, " << before << " before";
+    EXPECT_TRUE(test::wait_until([&] { return test::library_threads() == before; }, kDeadline))
+        << test::library_threads() << " threads, " << before << " before";
 }
 
 TEST(EndpointPool, RunsEveryTaskOfALongSubmitLoopExactlyOnce) {
     const std::size_t n = test::scaled(1000, 100);
-    const std::size_t before = thread_count();
+    const std::size_t before = test::library_threads();
     std::vector<std::atomic<int>> runs(n);
     {
         EndpointPool pool(pool_options(1024, std::chrono::seconds(5)));
@@ -887,7 +874,7 @@ TEST(EndpointPool, RunsEveryTaskOfALongSubmitLoopExactlyOnce) {
         EXPECT_LE(pool.stats().peak_threads, std::min<std::size_t>(n, 1024));
     }
     for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(runs[i].load(), 1) << "task " << i;
-    EXPECT_TRUE(test::wait_until([&] { return thread_count() == before; }, kDeadline));
+    EXPECT_TRUE(test::wait_until([&] { return test::library_threads() == before; }, kDeadline));
 }
 
 TEST(EndpointPool, ReportsEscapingExceptionsToTheHandler) {
@@ -942,7 +929,7 @@ TEST(EndpointPool, ThreadHooksRunOncePerThread) {
 TEST(EndpointPool, CancelledEndpointsUnwindAndThePoolShutsDownClean) {
     // The runtime's shape: endpoint bodies in scopes nested in the actor's root scope, blocked;
     // the control loop posts the actor cancel to the canceller thread; every body unwinds.
-    const std::size_t before = thread_count();
+    const std::size_t before = test::library_threads();
     const int endpoints = 16;
     std::atomic<int> unwound{0};
     {
@@ -970,7 +957,7 @@ TEST(EndpointPool, CancelledEndpointsUnwindAndThePoolShutsDownClean) {
         canceller.stop();
     }
     EXPECT_EQ(unwound.load(), endpoints);
-    EXPECT_TRUE(test::wait_until([&] { return thread_count() == before; }, kDeadline));
+    EXPECT_TRUE(test::wait_until([&] { return test::library_threads() == before; }, kDeadline));
 }
 
 TEST(EndpointPool, RejectsAZeroCap) {
