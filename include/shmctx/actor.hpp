@@ -152,7 +152,8 @@ public:
     /// canceller() is us, and its ack follows all of those on our link. Waits for the ack up
     /// to `deadline`, shielded from our own cancellation. True if acked; false when the link is
     /// not up, on timeout, or when the link is lost meanwhile. A portal to our own actor
-    /// cancels it (Actor::cancel()) and waits for its tasks the same way.
+    /// cancels it (Actor::cancel()) and waits for its tasks the same way (from one of its own
+    /// endpoints, only until `deadline`: that endpoint is one of the tasks).
     bool cancel_actor(Deadline deadline = std::chrono::milliseconds(500));
     /// cancel_actor() was called on this portal's link (by any portal to that peer).
     bool cancel_called() const noexcept;
@@ -203,7 +204,8 @@ public:
     /// Who asked first (our own uid for cancel()); nullopt if nobody did.
     std::optional<Uid> cancel_caller() const;
     /// Waits until the actor was cancelled and every task it cancelled has ended (its
-    /// terminal shipped); false when `deadline` passes first.
+    /// terminal shipped); false when `deadline` passes first. Called from one of this actor's
+    /// own endpoints it waits for that endpoint too: give it a finite deadline there.
     bool wait_cancelled(Deadline deadline = Deadline::never());
 
     /// Threads of the endpoint pool now (running + idle), for tests and monitoring.

@@ -1,6 +1,7 @@
 #include "core/actor_core.hpp"
 
 #include <cstdio>
+#include <system_error>
 #include <utility>
 
 #include "core/backoff.hpp"
@@ -829,7 +830,9 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
         },
         &why);
     if (!submitted) {
-        unregister_context(*ctx);
+        // finish(), not only unregister: an actor cancel that snapshotted this context waits
+        // for it to end (wait_task_done), and it never runs.
+        ctx->finish();
         if (why == SubmitRefusal::at_capacity) {
             ship_error(std::make_exception_ptr(
                 TooManyContexts("actor " + uid_.to_string() + " runs max_endpoints=" +
@@ -887,6 +890,8 @@ void ActorCore::cancel_actor(const Uid& requester, std::shared_ptr<Link> ack_lin
                              std::uint64_t ack_id) {
     std::vector<std::shared_ptr<ContextState>> tasks;
     bool ack_now = false;
+    bool failed_acks = false;
+    std::vector<std::pair<std::shared_ptr<Link>, std::uint64_t>> acks_now;
     {
         const std::lock_guard lock(mu_);
         if (ack_link) {
@@ -905,13 +910,35 @@ void ActorCore::cancel_actor(const Uid& requester, std::shared_ptr<Link> ack_lin
             for (const auto& [key, ctx] : contexts_) {
                 if (ctx->side() == Side::child) tasks.push_back(ctx);
             }
-            if (shutting_down_) {
-                actor_cancel_done_ = true;  // shutdown() cancels and waits for everything
-            } else {
-                actor_cancel_thread_ =
-                    std::thread([this, requester, tasks = std::move(tasks)]() mutable {
-                        run_actor_cancel(requester, std::move(tasks));
+            bool started = false;
+            if (!shutting_down_) {
+                try {
+                    actor_cancel_thread_ =
+                        std::thread([this, requester, tasks = std::move(tasks)]() mutable {
+                            run_actor_cancel(requester, std::move(tasks));
+                        });
+                    started = true;
+                } catch (const std::system_error& e) {
+                    std::fprintf(stderr,
+                                 "shmctx: %s: cannot start the actor-cancel thread (%s): its "
+                                 "tasks are cancelled without waiting for them\n",
+                                 uid_.to_string().c_str(), e.what());
+                }
+            }
+            if (!started) {
+                // Shutting down (shutdown() cancels and waits for every task itself), or no
+                // thread: cancel through the canceller thread and answer at once, found=false
+                // when the ORDER of the acks cannot be kept.
+                failed_acks = !shutting_down_;
+                actor_cancel_done_ = true;
+                acks_now.swap(actor_acks_);
+                if (failed_acks) {
+                    (void)canceller_.post([this, requester] {
+                        root_scope_.cancel(requester, "actor " + uid_.to_string() +
+                                                          " was cancelled by " +
+                                                          requester.to_string());
                     });
+                }
             }
         }
     }
@@ -919,6 +946,11 @@ void ActorCore::cancel_actor(const Uid& requester, std::shared_ptr<Link> ack_lin
         (void)ack_link->send(
             [&](wire::ControlEncoder& enc) { return enc.cancel_ack(ack_id, true); });
     }
+    for (const auto& [link, id] : acks_now) {
+        (void)link->send(
+            [&, id = id](wire::ControlEncoder& enc) { return enc.cancel_ack(id, !failed_acks); });
+    }
+    if (!acks_now.empty() || failed_acks) actor_cancel_cv_.notify_all();
 }
 
 void ActorCore::run_actor_cancel(const Uid& requester,

@@ -329,8 +329,9 @@ void ContextState::cancel_for_actor(const Uid& requester, const std::string& rea
 
 void ContextState::wait_task_done() {
     Lock lock(mu_);
+    // finished_, not task_done_: the task's local_error and its rings are settled too.
     (void)wait_locked(
-        lock, [&] { return task_done_ || finished_; }, std::stop_token{}, Deadline::never());
+        lock, [&] { return finished_; }, std::stop_token{}, Deadline::never());
 }
 
 void ContextState::on_cancel_ack(std::uint64_t request_id, bool /*found*/) {
@@ -970,15 +971,25 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
                                  : Deadline::never();
         }
         const std::uint32_t seen = events_.load(std::memory_order::acquire);  // [ctx.event]
+        // A cancel requested before `seen` was read (its notify() then changes nothing we
+        // watch) shows as cancel_pending(): [ctx.waiting] made us, or the canceller thread,
+        // responsible for completing it.
         const auto changed = [&] {
-            if (events_.load(std::memory_order::acquire) != seen) return true;  // [ctx.event]
+            return events_.load(std::memory_order::acquire) != seen ||  // [ctx.event]
+                   scope_.cancel_pending();
+        };
+        const auto changed_or_read = [&] {
+            if (changed()) return true;
             help_link();  // as in wait_inbound: a cancel request needs no control-loop hop
-            return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
+            return changed();
         };
         const std::stop_token stop = current_stop_token();
         bool ready = false;
         bool cancelled = false;
         if (limit == OverrunLimit::spill_cap) {
+            // `changed`, never `changed_or_read`: wait_spill evaluates it under the spill's
+            // waiter mutex, which a record dispatched here for this context would take again
+            // (notify() -> wake_waiters()).
             ready = out.wait_spill([&] { return !out.at_cap(max_bytes) || changed(); }, stop,
                                    *block_deadline);
             cancelled = stop.stop_requested();
@@ -988,8 +999,8 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
             // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it; the Waiter's
             // [wake.storeload] fence orders it before the check as well.
             send_waiting_slot_.store(slot.index() + 1, std::memory_order::seq_cst);
-            const shm::WaitStatus status =
-                out.ring().wait_writable_or(max_bytes, waiter, changed, *block_deadline, stop);
+            const shm::WaitStatus status = out.ring().wait_writable_or(
+                max_bytes, waiter, changed_or_read, *block_deadline, stop);
             // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load.
             send_waiting_slot_.store(0, std::memory_order::seq_cst);
             complete_scope_cancel();
@@ -1133,11 +1144,17 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
     waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
     // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it.
     receiving_.store(true, std::memory_order::seq_cst);
+    // cancel_pending(): a cancel requested before `seen` was read ([ctx.waiting] made us, or
+    // the canceller thread, responsible for completing it; its notify() changes nothing here).
+    const auto changed_now = [&] {
+        return events_.load(std::memory_order::acquire) != seen ||  // [ctx.event]
+               scope_.cancel_pending();
+    };
     const auto changed = [&] {
-        if (events_.load(std::memory_order::acquire) != seen) return true;  // [ctx.event]
+        if (changed_now()) return true;
         // While we spin, our link's control records (a cancel request for us) are read here.
         help_link();
-        return events_.load(std::memory_order::acquire) != seen;  // [ctx.event]
+        return changed_now();
     };
     const std::stop_token stop = raise ? current_stop_token() : std::stop_token{};
     shm::WaitStatus status = shm::WaitStatus::ready;

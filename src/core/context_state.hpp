@@ -76,7 +76,7 @@ public:
     /// The actor-cancel thread (not the control loop): records `requester` as canceller unless
     /// one is recorded, and cancels the (child) task's scope.
     void cancel_for_actor(const Uid& requester, const std::string& reason);
-    /// Waits until the child task shipped its terminal (or the context ended).
+    /// Waits until the context ended (a child: its task shipped its terminal and finished).
     void wait_task_done();
     void on_link_lost(std::exception_ptr why);
 

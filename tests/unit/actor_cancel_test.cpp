@@ -346,5 +346,57 @@ TEST_F(ActorCancelTest, OwnOverrunAfterOurOwnCancelIsAbsorbedAtTheExit) {
     }
 }
 
+// A task blocked in send() at its spill cap (the receiver allows overruns, the sender's
+// on_full = block) is woken by a cancel request like one blocked on a full ring: its wait is
+// on the spill's own waiter mutex, and the request must reach it without that wait reading
+// control records itself (a record for this context dispatched there would take the mutex
+// again).
+TEST_F(ActorCancelTest, CancelReachesASendBlockedAtTheSpillCap) {
+    Actor root("root", options());
+    Actor child("child", options());
+    constexpr std::uint32_t kRing = 8;
+    constexpr std::size_t kSpillCap = 4;
+    std::atomic<std::size_t> sent{0};
+    std::atomic<bool> blocking{false};
+    std::atomic<bool> child_cancelled{false};
+    child.expose("flood", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        StreamOptions so;
+        so.on_full = OnFull::block;
+        so.spill_cap_msgs = kSpillCap;
+        auto stream = ctx.open_stream(so);
+        try {
+            for (;;) {
+                if (sent.load() == kRing + kSpillCap) blocking = true;
+                stream.send("tick");
+                ++sent;
+            }
+        } catch (const Cancelled&) {
+            child_cancelled = true;
+            throw;
+        }
+    });
+    Portal portal = root.connect("child");
+    OpenOptions oo;
+    oo.msg_buffer_size = kRing;
+    oo.allow_overruns = true;
+    std::optional<Context> handle;
+    const auto r = portal.open_context(
+        "flood", {},
+        [&](Context& ctx, const Payload&) {
+            handle.emplace(ctx.handle());
+            auto stream = ctx.open_stream();  // never read: the ring fills, then the spill
+            ASSERT_TRUE(test::wait_until([&] { return blocking.load(); }, kDeadline))
+                << "sent " << sent.load();
+            ctx.cancel(kDeadline);
+        },
+        oo);
+    EXPECT_TRUE(r.outcome.is_absorbed_cancel());
+    ASSERT_TRUE(handle.has_value());
+    EXPECT_TRUE(handle->cancel_acked());
+    EXPECT_TRUE(child_cancelled.load());
+    EXPECT_EQ(sent.load(), kRing + kSpillCap);
+}
+
 }  // namespace
 }  // namespace shmctx
