@@ -108,11 +108,6 @@ void ContextState::post_scope_cancel(std::optional<Uid> canceller, std::string r
     }
 }
 
-void ContextState::request_scope_cancel(const std::optional<Uid>& canceller,
-                                        const std::string& reason) {
-    (void)scope_.request(canceller, reason);
-}
-
 void ContextState::finish_scope_cancel(std::optional<Uid> canceller, std::string reason) {
     // [ctx.waiting] a store-buffering pair with the waits' exit: we stored `requested` (seq_cst,
     // CancelScope::request) and read the waits' flags (seq_cst); a wait stores its flag false
@@ -258,12 +253,12 @@ void ContextState::on_error(const wire::fb::Error& record) {
         canceller = canceller_;
         // Step 3: a self-cancel ack cancels the scope only when the task is not receiving on
         // this context (it then sees the error through that call).
-        cancel_scope = !is_self_cancelled_locked(remote_error_) ||
-                       !receiving_.load(std::memory_order::acquire);
+        cancel_scope =
+            !remote_is_own_cancel_ack_locked() || !receiving_.load(std::memory_order::acquire);
         blockers_.fetch_or(kBlockRemoteError, std::memory_order::release);  // [ctx.blockers]
     }
     std::string reason = "the peer's task of this context failed";
-    if (cancel_scope) request_scope_cancel(canceller, reason);
+    if (cancel_scope) (void)scope_.request(canceller, reason);
     discard_spill_async();  // a failed context discards its spill
     notify();
     if (cancel_scope) finish_scope_cancel(std::move(canceller), std::move(reason));
@@ -312,7 +307,7 @@ bool ContextState::on_cancel_request(std::uint64_t request_id, const Uid& reques
     // notify()) see the cancel now, on whatever thread dispatched the request; the stop-
     // callbacks (nested scopes, stop tokens, other waits) run on the thread that leaves such a
     // wait, or on the canceller thread (docs/protocol.md §8, C1-C4).
-    request_scope_cancel(requester, reason);
+    (void)scope_.request(requester, reason);
     notify();
     finish_scope_cancel(requester, std::move(reason));
     return true;
@@ -449,7 +444,7 @@ Outcome ContextState::wait_for_result() {
         throw_cancelled();
     }
     if (remote_error_) {
-        if (is_self_cancelled_locked(remote_error_)) {
+        if (remote_is_own_cancel_ack_locked()) {
             if (!local_error_) local_error_ = remote_error_;
             return Outcome::of_error(remote_error_, true);
         }
@@ -575,6 +570,7 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
     std::exception_ptr ship_error;
     std::optional<RemoteErrorInfo> own_cancel;  // our own ContextCancelled's fields
     std::optional<BoxedError> own_boxed;        // ... boxed
+    bool acks_owed = false;
     if (error && is_cancelled(error)) {
         cancelled = true;
         error = nullptr;
@@ -585,7 +581,7 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
             // spec §2.2 step 6: a recorded remote error (not our own cancel's ack) replaces it.
             local_error_ = error;
             ship_error =
-                remote_error_ && !is_self_cancelled_locked(remote_error_) ? remote_error_ : error;
+                remote_error_ && !remote_is_own_cancel_ack_locked() ? remote_error_ : error;
         } else if (cancelled) {
             if (remote_error_) {
                 ship_error = remote_error_;
@@ -602,16 +598,12 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
         } else if (value) {
             result_ = *value;
         }
-    }
-    bool sent = true;
-    // The acks owed now go out with the terminal in one publish: the peer reads (and is woken
-    // for) both at once. pending_acks_ only grows until task_done_ is set below; an ack
-    // requested meanwhile publishes the deferred terminal with it.
-    bool acks_owed = false;
-    {
-        const Lock lock(mu_);
+        // The acks owed now go out with the terminal in one publish: the peer reads (and is
+        // woken for) both at once. pending_acks_ only grows until task_done_ is set below; an
+        // ack requested meanwhile publishes the deferred terminal with it.
         acks_owed = !pending_acks_.empty();
     }
+    bool sent = true;
     const shm::Publish terminal_publish = acks_owed ? shm::Publish::deferred : shm::Publish::now;
     if (own_boxed || ship_error) {
         BoxedError boxed = own_boxed ? std::move(*own_boxed) : box(ship_error, self(), cid_, fn_);
@@ -821,7 +813,7 @@ std::optional<SendStatus> ContextState::send_blocked(bool raise) {
     // [ctx.blockers] pairs with the fetch_or()s: a set bit means "look under the mutex".
     if (blockers_.load(std::memory_order::acquire) != 0) {
         Lock lock(mu_);
-        if (remote_error_ && !is_self_cancelled_locked(remote_error_)) {
+        if (remote_error_ && !remote_is_own_cancel_ack_locked()) {
             if (!raise) return SendStatus::peer_error;
             const std::exception_ptr e = remote_error_;
             lock.unlock();
@@ -1334,21 +1326,17 @@ std::size_t ContextState::max_message_bytes() const noexcept {
 
 // ---- accessors ----
 
-bool ContextState::is_self_cancelled_locked(const std::exception_ptr& e) const {
-    if (!cancel_called()) return false;
+bool ContextState::remote_is_own_cancel_ack_locked() const {
+    // spec §3.3 is_self_cancelled: our cancel() was called, and the recorded remote error is a
+    // ctxc from our peer naming us as canceller (its fields are at hand: no rethrow).
+    if (!cancel_called() || !remote_error_) return false;
     if (!canceller_ || *canceller_ != self()) return false;
-    if (e == remote_error_) {
-        // The recorded remote error's fields are at hand: no rethrow.
-        return remote_ctxc_ && remote_fields_->src_uid == peer() &&
-               remote_fields_->canceller == self();
-    }
-    const auto* ctxc = exception_as<ContextCancelled>(e);
-    return ctxc != nullptr && ctxc->src_uid() == peer() && ctxc->canceller() == self();
+    return remote_ctxc_ && remote_fields_->src_uid == peer() && remote_fields_->canceller == self();
 }
 
 bool ContextState::cancel_acked() const {
     const Lock lock(mu_);
-    return is_self_cancelled_locked(remote_error_);
+    return remote_is_own_cancel_ack_locked();
 }
 
 std::optional<Uid> ContextState::canceller() const {
@@ -1370,7 +1358,7 @@ std::exception_ptr ContextState::maybe_error() const {
     const Lock lock(mu_);
     if (remote_error_) return remote_error_;  // always a RemoteActorError: remote wins
     if (local_error_) return local_error_;
-    return remote_error_ ? remote_error_ : transport_error_;
+    return transport_error_;
 }
 
 const RemoteActorError* ContextState::remote_error_info() const {
@@ -1389,7 +1377,8 @@ void ContextState::set_local_error(std::exception_ptr e) {
 Outcome ContextState::outcome() const {
     const std::exception_ptr err = maybe_error();
     const Lock lock(mu_);
-    if (err) return Outcome::of_error(err, err == remote_error_ && is_self_cancelled_locked(err));
+    if (err)
+        return Outcome::of_error(err, err == remote_error_ && remote_is_own_cancel_ack_locked());
     if (result_) return Outcome::of_value(*result_);
     return Outcome{};
 }
@@ -1400,8 +1389,8 @@ State ContextState::state() const {
     const Lock lock(mu_);
     if (remote_error_) {
         if (remote_ctxc_) {
-            return is_self_cancelled_locked(remote_error_) ? State::self_cancelled
-                                                           : State::peer_cancelled;
+            return remote_is_own_cancel_ack_locked() ? State::self_cancelled
+                                                     : State::peer_cancelled;
         }
         return State::errored;
     }

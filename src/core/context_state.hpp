@@ -185,7 +185,8 @@ private:
     /// `pred()`. Watches events_ for ActorOptions::spin_before_sleep before it sleeps on cv_.
     template <class Pred>
     bool wait_locked(Lock& lock, Pred pred, const std::stop_token& stop, Deadline deadline);
-    bool is_self_cancelled_locked(const std::exception_ptr& e) const;
+    /// The recorded remote error is the ctxc acknowledging our own cancel() (spec §3.3).
+    bool remote_is_own_cancel_ack_locked() const;
     bool any_final_locked() const noexcept;
     /// Rethrows the remote error unless absorbed (raise-or-absorb, spec §3.3); returns true
     /// when there is one and it was absorbed.
@@ -193,13 +194,10 @@ private:
     std::exception_ptr transport_error_locked() const;
     void ensure_out_ring();
     void post_scope_cancel(std::optional<Uid> canceller, std::string reason);
-    /// From a dispatching thread (never runs stop-callbacks): requests our scope's cancel
-    /// (its checkpoints see it now) and wakes our waits; the stop-callbacks run on the thread
-    /// that leaves one of our waits (complete_scope_cancel), or on the canceller thread when
-    /// nobody waits in this context now. Call notify() after it (the caller does).
-    void request_scope_cancel(const std::optional<Uid>& canceller, const std::string& reason);
-    /// After request_scope_cancel() and notify(): posts the stop-callbacks to the canceller
-    /// thread unless a thread waits in this context now (it runs them on its way out).
+    /// A dispatching thread (never running stop-callbacks) cancels our scope in two halves:
+    /// scope_.request() (its checkpoints see it now), notify() (our waits wake), then this:
+    /// posts the stop-callbacks to the canceller thread unless a thread waits in this context
+    /// now (it runs them on its way out, complete_scope_cancel).
     void finish_scope_cancel(std::optional<Uid> canceller, std::string reason);
     /// A wait of ours ends (its flag cleared, seq_cst): completes a requested scope cancel.
     void complete_scope_cancel() {
