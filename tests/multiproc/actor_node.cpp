@@ -430,15 +430,12 @@ void expose_cancellation(Actor& actor, Spawner& spawner, const std::string& ns) 
     actor.expose("stream_ints", [](Context& ctx, const Payload&) -> Payload {
         ctx.started();
         StreamOptions o;
-        o.on_full = OnFull::block;  // a slow reader slows us down instead of overrunning
+        // Paced by the reader: a full ring blocks us (cancellably) instead of overrunning it
+        // (tractor sleeps 10 ms between sends; the ring's back-pressure does that job here).
+        o.on_full = OnFull::block;
         auto stream = ctx.open_stream(o);
         try {
-            for (std::int64_t i = 0;; ++i) {
-                stream.send(Payload::value(i));
-                // Pacing only (tractor streams every 10 ms): keeps two processes from spinning
-                // on two shared cores; nothing waits for it.
-                ctx.sleep_for(2ms);
-            }
+            for (std::int64_t i = 0;; ++i) stream.send(Payload::value(i));
         } catch (const Cancelled&) {
             report("stream_ints.canceller", uid_text(ctx.canceller()));
             throw;

@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -111,6 +112,51 @@ inline std::uint64_t link_bytes_allocated(const shm::Names& names) {
         }
     }
     return total;
+}
+
+/// Runs `one(i)` for 10 warm-up contexts (the baseline then holds the link, its control rings
+/// and the first threads), then for `n` more, one at a time between `parent` and `child`
+/// (i counts on from the warm-up), and checks that nothing leaked: no context left registered,
+/// at most 8 endpoint threads at any time and at the end, no library threads beyond the
+/// baseline + 8, the one link still up, the same /dev/shm objects, and link-arena allocation
+/// within 16 rings of `ring_bytes` of the baseline (freed ring slots are reused).
+template <class One>
+void expect_sequential_contexts_leak_nothing(Actor& parent, Actor& child, const shm::Names& names,
+                                             std::size_t ring_bytes, std::int64_t n, One&& one) {
+    constexpr std::int64_t kWarmup = 10;
+    for (std::int64_t i = 1; i <= kWarmup; ++i) ASSERT_NO_FATAL_FAILURE(one(i));
+    const auto none_open = [&] {
+        return parent.open_contexts() == 0 && child.open_contexts() == 0;
+    };
+    ASSERT_TRUE(wait_until(none_open, std::chrono::seconds(20)));
+    const std::set<std::string> files_before = objects_of(names);
+    const std::size_t threads_before = library_threads();
+    const std::uint64_t link_bytes_before = link_bytes_allocated(names);
+
+    std::size_t max_endpoint_threads = 0;
+    for (std::int64_t i = kWarmup + 1; i <= kWarmup + n; ++i) {
+        ASSERT_NO_FATAL_FAILURE(one(i)) << "context " << i;
+        max_endpoint_threads = std::max(max_endpoint_threads, child.endpoint_threads());
+    }
+
+    EXPECT_TRUE(wait_until(none_open, std::chrono::seconds(20)))
+        << "contexts still registered: parent " << parent.open_contexts() << ", child "
+        << child.open_contexts();
+    // One context at a time needs one endpoint thread, plus a few while a finished endpoint
+    // returns to the pool as the next Start arrives.
+    EXPECT_LE(max_endpoint_threads, 8U);
+    EXPECT_LE(child.endpoint_threads(), 8U);
+    EXPECT_LE(library_threads(), threads_before + 8) << "before: " << threads_before;
+    EXPECT_EQ(parent.links(), 1U);
+    EXPECT_EQ(child.links(), 1U);
+    EXPECT_EQ(objects_of(names), files_before) << "only the actors' own objects may exist";
+    ::testing::Test::RecordProperty("contexts", std::to_string(n));
+    ::testing::Test::RecordProperty("max_endpoint_threads", std::to_string(max_endpoint_threads));
+    ::testing::Test::RecordProperty("link_bytes_before", std::to_string(link_bytes_before));
+    ::testing::Test::RecordProperty("link_bytes_after",
+                                    std::to_string(link_bytes_allocated(names)));
+    EXPECT_LE(link_bytes_allocated(names), link_bytes_before + 16 * (ring_bytes + 8192))
+        << "before: " << link_bytes_before;
 }
 
 /// A body for contexts whose body must never run (errors raised at entry).

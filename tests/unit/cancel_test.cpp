@@ -32,7 +32,6 @@
 // and runs under a watchdog. Waits are on conditions with deadlines (test::wait_until).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,13 +39,10 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <ostream>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -75,9 +71,7 @@ using namespace std::chrono_literals;
 using test::body_must_not_run;
 using test::current_tid;
 using test::error_as;
-using test::library_threads;
-using test::link_bytes_allocated;
-using test::objects_of;
+using test::expect_sequential_contexts_leak_nothing;
 using test::thread_state;
 using ::testing::HasSubstr;
 
@@ -638,7 +632,8 @@ TEST_F(CancelTest, CancelledChildCheckpointingInItsCleanupStillShipsCtxc) {
             sleeping = true;
             ctx.sleep_for(kSleepForever);
         } catch (const Cancelled&) {
-            std::this_thread::sleep_for(100ms);  // the cleanup's own duration
+            // tractor's cleanup sleeps 0.1 s (shielded) first; how long it takes changes
+            // nothing here: the checkpoint raises again because cancellation is level-triggered.
             try {
                 ctx.checkpoint();
             } catch (const Cancelled&) {
@@ -902,35 +897,8 @@ TEST_F(CancelTest, ThousandCancelledContextsLeakNoThreadsContextsRingsOrFiles) {
             << "context " << i << ": " << describe(r.outcome.error());
     };
 
-    constexpr std::int64_t kWarmup = 10;
-    for (std::int64_t i = 1; i <= kWarmup; ++i) ASSERT_NO_FATAL_FAILURE(one(i));
-    ASSERT_TRUE(test::wait_until(
-        [&] { return parent.open_contexts() == 0 && child.open_contexts() == 0; }, kDeadline));
-    const std::set<std::string> files_before = objects_of(names());
-    const std::size_t threads_before = library_threads();
-    const std::uint64_t link_bytes_before = link_bytes_allocated(names());
-
-    const auto n = static_cast<std::int64_t>(test::scaled(1000, 50));
-    std::size_t max_endpoint_threads = 0;
-    for (std::int64_t i = kWarmup + 1; i <= kWarmup + n; ++i) {
-        ASSERT_NO_FATAL_FAILURE(one(i)) << "context " << i;
-        max_endpoint_threads = std::max(max_endpoint_threads, child.endpoint_threads());
-    }
-
-    EXPECT_TRUE(test::wait_until(
-        [&] { return parent.open_contexts() == 0 && child.open_contexts() == 0; }, kDeadline))
-        << "contexts still registered: parent " << parent.open_contexts() << ", child "
-        << child.open_contexts();
-    EXPECT_LE(max_endpoint_threads, 8U);
-    EXPECT_LE(child.endpoint_threads(), 8U);
-    EXPECT_LE(library_threads(), threads_before + 8) << "before: " << threads_before;
-    EXPECT_EQ(parent.links(), 1U);
-    EXPECT_EQ(child.links(), 1U);
-    EXPECT_EQ(objects_of(names()), files_before) << "only the actors' own objects may exist";
-    RecordProperty("contexts", std::to_string(n));
-    RecordProperty("max_endpoint_threads", std::to_string(max_endpoint_threads));
-    EXPECT_LE(link_bytes_allocated(names()), link_bytes_before + 16 * (o.data_ring_bytes + 8192))
-        << "before: " << link_bytes_before;
+    expect_sequential_contexts_leak_nothing(parent, child, names(), o.data_ring_bytes,
+                                            static_cast<std::int64_t>(test::scaled(1000, 50)), one);
 }
 
 // =============================================================================================
@@ -1190,8 +1158,9 @@ TEST_P(ChildThatWouldFail, OutcomeFollowsWhoCancelled) {
     child.expose("fails_later", [&](Context& ctx, const Payload& args) -> Payload {
         ctx.started();
         waiting = true;
-        // The delay before the failure: the scenario's, not a synchronisation.
-        ctx.sleep_for(args.value<bool>() ? Duration(kSleepForever) : Duration(50ms));
+        // Cancelled cases: blocks until the cancel. Otherwise it fails at once (tractor fails
+        // after a short delay; nothing here depends on it).
+        if (args.value<bool>()) ctx.sleep_for(kSleepForever);
         throw std::logic_error("the child's assertion failed");
     });
     Portal portal = parent.connect("child", kDeadline);

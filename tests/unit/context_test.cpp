@@ -16,7 +16,6 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -27,14 +26,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <ostream>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -62,9 +58,7 @@ namespace {
 using namespace std::chrono_literals;
 using test::body_must_not_run;
 using test::current_tid;
-using test::library_threads;
-using test::link_bytes_allocated;
-using test::objects_of;
+using test::expect_sequential_contexts_leak_nothing;
 using test::thread_state;
 using test::Watchdog;
 using ::testing::HasSubstr;
@@ -1066,40 +1060,8 @@ TEST_F(ContextTest, ThousandSequentialContextsLeakNoThreadsContextsRingsOrFiles)
         ASSERT_EQ(r.outcome.value().value<std::int64_t>(), i);
     };
 
-    // Warm up so the baseline holds the link, its control rings and the first threads.
-    constexpr std::int64_t kWarmup = 10;
-    for (std::int64_t i = 0; i < kWarmup; ++i) ASSERT_NO_FATAL_FAILURE(one(i));
-    ASSERT_TRUE(test::wait_until(
-        [&] { return parent.open_contexts() == 0 && child.open_contexts() == 0; }, kDeadline));
-    const std::set<std::string> files_before = objects_of(names());
-    const std::size_t threads_before = library_threads();
-    const std::uint64_t link_bytes_before = link_bytes_allocated(names());
-
-    const auto n = static_cast<std::int64_t>(test::scaled(1000, 50));
-    std::size_t max_endpoint_threads = 0;
-    for (std::int64_t i = kWarmup; i < kWarmup + n; ++i) {
-        ASSERT_NO_FATAL_FAILURE(one(i)) << "context " << i;
-        max_endpoint_threads = std::max(max_endpoint_threads, child.endpoint_threads());
-    }
-
-    EXPECT_TRUE(test::wait_until(
-        [&] { return parent.open_contexts() == 0 && child.open_contexts() == 0; }, kDeadline))
-        << "contexts still registered: parent " << parent.open_contexts() << ", child "
-        << child.open_contexts();
-    // One context at a time needs one endpoint thread, plus a few while a finished endpoint
-    // returns to the pool as the next Start arrives.
-    EXPECT_LE(max_endpoint_threads, 8U);
-    EXPECT_LE(child.endpoint_threads(), 8U);
-    EXPECT_LE(library_threads(), threads_before + 8) << "before: " << threads_before;
-    EXPECT_EQ(parent.links(), 1U);
-    EXPECT_EQ(child.links(), 1U);
-    EXPECT_EQ(objects_of(names()), files_before) << "only the actors' own objects may exist";
-    RecordProperty("link_bytes_before", std::to_string(link_bytes_before));
-    RecordProperty("link_bytes_after", std::to_string(link_bytes_allocated(names())));
-    RecordProperty("max_endpoint_threads", std::to_string(max_endpoint_threads));
-    // Freed ring slots are reused: allocation stays within a few rings of the baseline.
-    EXPECT_LE(link_bytes_allocated(names()), link_bytes_before + 16 * (o.data_ring_bytes + 8192))
-        << "before: " << link_bytes_before;
+    expect_sequential_contexts_leak_nothing(parent, child, names(), o.data_ring_bytes,
+                                            static_cast<std::int64_t>(test::scaled(1000, 50)), one);
 }
 
 // 100 contexts open at once on one link: 100 parent threads are inside their bodies (and 100
