@@ -3,13 +3,16 @@
 //
 // ActorCore owns the actor's identity (LocalActorRecord), its wake slots (slot 0 is the control
 // loop's doorbell), the control-loop thread, the liveness watcher, the canceller thread, the
-// endpoint pool, the links (by peer uuid) and the contexts (by peer uuid and cid).
+// endpoint pool, the actor-cancel thread (started by the first actor cancel), the links (by peer
+// uuid) and the contexts (by peer uuid and cid).
 //
 // The control loop, one pass: read `seen` from slot 0; run posted events (liveness); if
 // links_epoch moved, scan for arenas naming us and attach them; drain every inbound control ring
 // and dispatch each record; flush outboxes; futex_wait(slot 0, seen). It never waits for
-// anything else: a Start is handed to the pool with try_submit, a cancel to the canceller
-// thread, and contexts are updated under their own short mutexes.
+// anything else: a Start is handed to the pool with try_submit, a cancel request marks the
+// task's scope and wakes its waits (the stop-callbacks run on the waiter or the canceller
+// thread), an actor cancel goes to the actor-cancel thread, and contexts are updated under
+// their own short mutexes.
 #pragma once
 
 #include <atomic>
