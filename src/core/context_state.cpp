@@ -1142,9 +1142,14 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
         return events_.load(std::memory_order::acquire) != seen ||  // [ctx.event]
                scope_.cancel_pending();
     };
+    // While we spin, our link's control records (a cancel request for us) are read here, on
+    // every 64th look only: the wait of a stream consumer is on the data path, and a look at
+    // the control ring costs that path throughput (measured: 0.78 -> 0.55 of the ring's rate
+    // when it looked every time).
+    std::uint32_t looks = 0;
     const auto changed = [&] {
         if (changed_now()) return true;
-        // While we spin, our link's control records (a cancel request for us) are read here.
+        if ((++looks & 63U) != 0) return false;
         help_link();
         return changed_now();
     };
