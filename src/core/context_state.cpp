@@ -1128,7 +1128,18 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
     // A cancel request recorded before `seen` was read is seen here (CancelScope::request,
     // then notify(): the flag is stored before the event count moves); one after it moves the
     // count, which ends the wait below.
-    if (raise && current_cancelled()) throw_cancelled();
+    if (raise && current_cancelled()) {
+        // A peer error (or the link's loss) that cancelled our scope is what the task blocked
+        // here must see (spec §3.3: the error reaches it through this call, a Cancelled would
+        // unwind it as cancelled_caught): if one was recorded after the caller's look, look
+        // again (poll_inbound raises a recorded error every time, so this cannot loop).
+        // [ctx.blockers] pairs with the fetch_or()s in on_error() / on_link_lost().
+        if ((blockers_.load(std::memory_order::acquire) & (kBlockRemoteError | kBlockTransport)) !=
+            0) {
+            return true;
+        }
+        throw_cancelled();
+    }
     if (deadline.expired()) return false;
     const BorrowedSlot slot(core_->slots());
     shm::Waiter waiter(core_->wake_table(), slot.index());
