@@ -136,6 +136,17 @@ void remove_object(const std::string& object, bool dry_run, ReclaimReport& repor
     if (Segment::remove(object)) report.removed.push_back(object);
 }
 
+/// Removes the arenas of `arenas` (listed "link" entries) that `owner` owns.
+void remove_arenas_of(const Names& names, const Uuid& owner, const std::vector<std::string>& arenas,
+                      bool dry_run, ReclaimReport& report) {
+    const std::string prefix = owner.to_hex() + ".";
+    for (auto& a : arenas) {
+        if (a.compare(0, prefix.size(), prefix) == 0) {
+            remove_object(names.prefix() + "link." + a, dry_run, report);
+        }
+    }
+}
+
 /// Removes what a dead holder of `name` left: segment, tmp.<name>.*, arenas owned by the
 /// segment's uuid. The caller holds the lock (or, in a dry run, found it free).
 void reclaim_name(const Names& names, std::string_view name, const std::vector<std::string>& arenas,
@@ -143,14 +154,7 @@ void reclaim_name(const Names& names, std::string_view name, const std::vector<s
     const std::optional<Uuid> old = published_uuid(names, name, nullptr);
     remove_object(names.actor_segment(name), dry_run, report);
     for (auto& tmp : tmp_entries_of(names, name)) remove_object(tmp, dry_run, report);
-    if (old) {
-        const std::string owner = old->to_hex() + ".";
-        for (auto& a : arenas) {
-            if (a.compare(0, owner.size(), owner) == 0) {
-                remove_object(names.prefix() + "link." + a, dry_run, report);
-            }
-        }
-    }
+    if (old) remove_arenas_of(names, *old, arenas, dry_run, report);
 }
 
 }  // namespace
@@ -425,6 +429,23 @@ PeerActor open_peer(const Names& names, std::string_view name, Deadline deadline
 }
 
 // ---- reclaim ----
+
+ReclaimReport reclaim_dead_actor(const Names& names, std::string_view name, const Uuid& uuid) {
+    ReclaimReport report;
+    // The dead actor's uuid is never reused: its arenas go whoever holds the name now.
+    const std::vector<std::string> arenas = names.list("link");
+    remove_arenas_of(names, uuid, arenas, false, report);
+    // Absent: cleaned already (the file goes last). Held: a restarted actor (or another
+    // survivor cleaning right now) owns the name. Probing first keeps a late survivor from
+    // creating a fresh actor file only to unlink it again.
+    if (lock_state(names, name) != LockState::free) return report;
+    auto file = ActorFile::try_claim(names, name);
+    if (!file) return report;
+    reclaim_name(names, name, arenas, false, report);
+    file->release();
+    report.removed.push_back(names.actor_file(name));
+    return report;
+}
 
 ReclaimReport reclaim_stale(const Names& names, bool dry_run) {
     ReclaimReport report;

@@ -294,6 +294,43 @@ TEST(ReclaimStale, RemovesDeadActorsAndOrphanArenasButKeepsTheLive) {
     EXPECT_TRUE(reclaim_stale(ns.names, false).removed.empty());
 }
 
+TEST(ReclaimDeadActor, RemovesEverythingOfTheDeadActorAndNothingElse) {
+    NamespaceGuard ns("reclaim-dead");
+    LocalActorRecord survivor(ns.names, "survivor", LocalActorOptions{{}, false});
+    Segment::create(ns.names.arena(survivor.uuid(), Uuid::random()), 4096);  // ours: kept
+    create_unlocked_file(ns.names, "dead");
+    const Uuid dead = Uuid::random();
+    { auto seg = ActorSegment::create(ns.names, "dead", dead); }
+    Segment::create(ns.names.actor_segment_tmp("dead", Uuid::random()), 4096);
+    Segment::create(ns.names.arena(dead, survivor.uuid()), 4096);
+    Segment::create(ns.names.arena(dead, Uuid::random()), 4096);  // to a third actor
+    const auto kept = all_objects(ns.names).size() - 5;
+
+    const ReclaimReport report = reclaim_dead_actor(ns.names, "dead", dead);
+    EXPECT_EQ(report.removed.size(), 5U) << ::testing::PrintToString(report.removed);
+    EXPECT_EQ(all_objects(ns.names).size(), kept);
+    EXPECT_EQ(lock_state(ns.names, "dead"), LockState::absent);
+    // A second survivor arriving late finds nothing, and creates no actor file.
+    EXPECT_TRUE(reclaim_dead_actor(ns.names, "dead", dead).removed.empty());
+    EXPECT_EQ(lock_state(ns.names, "dead"), LockState::absent);
+}
+
+TEST(ReclaimDeadActor, LeavesARestartedActorOfTheSameNameAloneButDropsTheDeadOnesArenas) {
+    NamespaceGuard ns("reclaim-restart");
+    const Uuid dead = Uuid::random();
+    Segment::create(ns.names.arena(dead, Uuid::random()), 4096);
+    LocalActorRecord restarted(ns.names, "w", LocalActorOptions{{}, false});
+    const auto before = all_objects(ns.names).size();
+
+    const ReclaimReport report = reclaim_dead_actor(ns.names, "w", dead);
+    EXPECT_EQ(report.removed.size(), 1U) << ::testing::PrintToString(report.removed);
+    EXPECT_EQ(all_objects(ns.names).size(), before - 1);
+    EXPECT_EQ(lock_state(ns.names, "w"), LockState::held);
+    auto seg = ActorSegment::try_open(ns.names, "w");
+    ASSERT_TRUE(seg.has_value());
+    EXPECT_EQ(seg->info().uuid, restarted.uuid());
+}
+
 TEST(ReclaimStale, KeepsArenasWhenALiveActorsSegmentIsUnreadable) {
     NamespaceGuard ns("reclaim-unknown");
     LocalActorRecord live(ns.names, "v2", LocalActorOptions{{}, false});

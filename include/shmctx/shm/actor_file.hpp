@@ -160,4 +160,12 @@ struct ReclaimReport {
 /// note, and then no arena is removed (its owner is unknown). `dry_run` only reports.
 ReclaimReport reclaim_stale(const Names& names, bool dry_run = false);
 
+/// What a survivor runs when the liveness watcher reported the actor `name` (uuid `uuid`)
+/// dead: if the name's lock is free, takes it and removes the segment under the name,
+/// tmp.<name>.*, every arena `uuid` owned (even when its segment is gone already), then the
+/// actor file. A name already retaken (a restarted actor holds the lock) or already cleaned (no
+/// actor file) is left alone, except for `uuid`'s arenas, which no live actor owns. Several
+/// survivors may run it at once: the lock makes one of them do the work.
+ReclaimReport reclaim_dead_actor(const Names& names, std::string_view name, const Uuid& uuid);
+
 }  // namespace shmctx::shm
