@@ -44,6 +44,8 @@ const char* to_string(LivenessEvent e) noexcept {
             return "unresponsive";
         case LivenessEvent::responsive:
             return "responsive";
+        case LivenessEvent::stalled:
+            return "stalled";
     }
     return "?";
 }
@@ -178,13 +180,22 @@ void LivenessWatcher::tick(Clock::time_point now, std::vector<Pending>& out) {
         if (beats != p.last_beats) {
             p.last_beats = beats;
             p.last_progress = now;
+            p.stalled = false;
             if (p.unresponsive) {
                 p.unresponsive = false;
                 out.push_back({uuid, LivenessEvent::responsive});
             }
-        } else if (!p.unresponsive && now - p.last_progress >= options_.unresponsive_after) {
+            continue;
+        }
+        const Duration quiet = now - p.last_progress;
+        if (!p.unresponsive && quiet >= options_.unresponsive_after) {
             p.unresponsive = true;
             out.push_back({uuid, LivenessEvent::unresponsive});
+        }
+        if (p.unresponsive && !p.stalled && options_.stalled_after > Duration::zero() &&
+            quiet >= options_.stalled_after) {
+            p.stalled = true;
+            out.push_back({uuid, LivenessEvent::stalled});
         }
     }
 }

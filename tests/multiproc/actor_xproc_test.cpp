@@ -349,6 +349,7 @@ TEST(ActorXproc, StoppedPeerIsUnresponsiveNeverDeadAndRecovers) {
     LivenessOptions options;
     options.heartbeat_interval = 10ms;
     options.unresponsive_after = 300ms;
+    options.stalled_after = 600ms;
     LivenessWatcher watcher(nullptr, log.callback(), options);
     test::Child peer_proc = spawn_claimer(ns.names, "sleepy");
     std::string seen;
@@ -358,11 +359,17 @@ TEST(ActorXproc, StoppedPeerIsUnresponsiveNeverDeadAndRecovers) {
     peer_proc.kill(SIGSTOP);
     EXPECT_TRUE(test::wait_until(
         [&] { return log.first(peer.uuid(), LivenessEvent::unresponsive).has_value(); }, 5s));
+    // stalled_after: reported once, after unresponsive, at least that long after the stop.
+    EXPECT_TRUE(test::wait_until(
+        [&] { return log.first(peer.uuid(), LivenessEvent::stalled).has_value(); }, 5s));
+    EXPECT_GE(*log.first(peer.uuid(), LivenessEvent::stalled),
+              *log.first(peer.uuid(), LivenessEvent::unresponsive));
     EXPECT_EQ(log.count(peer.uuid(), LivenessEvent::dead), 0U);
     peer_proc.kill(SIGCONT);
     EXPECT_TRUE(test::wait_until(
         [&] { return log.first(peer.uuid(), LivenessEvent::responsive).has_value(); }, 5s));
     EXPECT_EQ(log.count(peer.uuid(), LivenessEvent::dead), 0U);
+    EXPECT_EQ(log.count(peer.uuid(), LivenessEvent::stalled), 1U);
     peer_proc.write("quit\n");
     const auto status = peer_proc.wait();
     ASSERT_TRUE(status.has_value()) << peer_proc.describe();

@@ -213,6 +213,8 @@ public:
 
     const std::string& name() const noexcept { return segment_.name(); }
     std::size_t virtual_bytes() const noexcept { return static_cast<std::size_t>(virtual_bytes_); }
+    /// Inode of the mapped object: a later object under the same name is another arena.
+    ino_t inode() const noexcept { return segment_.inode(); }
 
 private:
     ArenaView(Segment segment, std::uint64_t virtual_bytes) noexcept

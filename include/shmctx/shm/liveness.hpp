@@ -8,6 +8,8 @@
 //   - unresponsive: the peer's heartbeat counter has not moved for `unresponsive_after`
 //     (measured on our clock, not the peer's). A stale heartbeat is never "dead": a stopped
 //     (SIGSTOP), swapped or overloaded peer comes back, and `responsive` is reported then.
+//   - stalled: (only with `stalled_after` set) the heartbeat has not moved for that long; the
+//     owner may give up on the peer. Reported once per stall, after `unresponsive`.
 // Death by exit is reported as soon as the process has exited (the pidfd turns readable when it
 // becomes a zombie, before anyone reaps it; epoll wakes at once); the tick bounds only the
 // heartbeat and lock checks.
@@ -34,6 +36,7 @@ enum class LivenessEvent {
     dead,          ///< kernel evidence: the process exited, or it no longer holds its name
     unresponsive,  ///< heartbeat stalled for unresponsive_after (the peer may come back)
     responsive,    ///< heartbeat moves again after `unresponsive`
+    stalled,       ///< heartbeat stalled for stalled_after (alive, but we may give up on it)
 };
 
 const char* to_string(LivenessEvent e) noexcept;
@@ -43,6 +46,8 @@ using LivenessCallback = std::function<void(const Uuid& peer, LivenessEvent even
 struct LivenessOptions {
     Duration heartbeat_interval = std::chrono::milliseconds(100);
     Duration unresponsive_after = std::chrono::seconds(2);
+    /// Zero: never reported. Else at least unresponsive_after (a smaller value is raised).
+    Duration stalled_after = Duration::zero();
 };
 
 class LivenessWatcher {
@@ -74,6 +79,7 @@ private:
         Clock::time_point last_progress{};
         bool dead = false;
         bool unresponsive = false;
+        bool stalled = false;
     };
     struct Pending {
         Uuid peer;
