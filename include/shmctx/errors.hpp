@@ -52,6 +52,8 @@ enum class Errc : int {
     timed_out,           ///< a call's deadline passed (Portal::run)
     not_exposed,         ///< the peer has no endpoint of that name
     lagged,              ///< a stream subscriber fell behind the fan-out buffer and lost messages
+    peer_unresponsive,   ///< the peer showed no heartbeat for unresponsive_timeout, a
+                         ///< transport_closed
 };
 
 const std::error_category& error_category() noexcept;
@@ -172,6 +174,15 @@ protected:
 class PeerDied : public TransportClosed {
 public:
     explicit PeerDied(const std::string& what) : TransportClosed(Errc::peer_died, what) {}
+};
+
+/// The peer process is alive but showed no heartbeat for ActorOptions::unresponsive_timeout
+/// (stopped, traced, starved): we gave up on it and closed the link. Never raised unless that
+/// option is set; a stalled peer is otherwise only reported (DESIGN.md §2).
+class PeerUnresponsive : public TransportClosed {
+public:
+    explicit PeerUnresponsive(const std::string& what)
+        : TransportClosed(Errc::peer_unresponsive, what) {}
 };
 
 /// Which limit a StreamOverrun hit (DESIGN.md §4.9).

@@ -164,6 +164,7 @@ public:
         add(typeid(PayloadTooLarge), "PayloadTooLarge");
         add(typeid(TransportClosed), "TransportClosed");
         add(typeid(PeerDied), "PeerDied");
+        add(typeid(PeerUnresponsive), "PeerUnresponsive");
         add(typeid(StreamOverrun), "StreamOverrun");
         add(typeid(Lagged), "Lagged");
         add(typeid(RemoteActorError), "RemoteActorError");

@@ -52,6 +52,8 @@ public:
                 return "not exposed";
             case Errc::lagged:
                 return "lagged";
+            case Errc::peer_unresponsive:
+                return "peer unresponsive";
         }
         return "unknown shmctx error";
     }

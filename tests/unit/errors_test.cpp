@@ -206,6 +206,8 @@ TEST(Errors, EveryTypeHasItsCodeTextAndBase) {
          Errc::transport_closed, "link closed"},
         {"PeerDied", std::make_exception_ptr(PeerDied("bravo died")), Errc::peer_died,
          "bravo died"},
+        {"PeerUnresponsive", std::make_exception_ptr(PeerUnresponsive("bravo stalled")),
+         Errc::peer_unresponsive, "bravo stalled"},
     };
     for (const TypeCase& c : cases) {
         SCOPED_TRACE(c.name);
@@ -222,6 +224,7 @@ TEST(Errors, EveryTypeHasItsCodeTextAndBase) {
     }
     EXPECT_TRUE((std::is_base_of_v<RemoteActorError, ContextCancelled>));
     EXPECT_TRUE((std::is_base_of_v<TransportClosed, PeerDied>));
+    EXPECT_TRUE((std::is_base_of_v<TransportClosed, PeerUnresponsive>));
     EXPECT_TRUE((std::is_base_of_v<Error, StreamOverrun>));
     EXPECT_FALSE((std::is_base_of_v<RemoteActorError, StreamOverrun>));
     EXPECT_TRUE((std::is_nothrow_copy_constructible_v<RemoteActorError>));
