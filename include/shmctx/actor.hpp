@@ -83,6 +83,12 @@ struct ActorOptions {
     Duration spin_before_sleep = std::chrono::microseconds(50);
     Duration heartbeat_interval = std::chrono::milliseconds(100);
     Duration unresponsive_after = std::chrono::seconds(2);
+    /// Zero (the default): an unresponsive peer (stopped, traced, starved) is only reported
+    /// (stderr, Portal::peer_unresponsive()) and waited for, however long. Else a peer whose
+    /// heartbeat has not moved for this long (at least unresponsive_after) is given up on: its
+    /// link closes and every context with it fails with PeerUnresponsive; when it comes back it
+    /// sees the link closed (TransportClosed).
+    Duration unresponsive_timeout = Duration::zero();
 };
 
 struct ExposeOptions {
@@ -157,6 +163,9 @@ public:
     bool cancel_actor(Deadline deadline = std::chrono::milliseconds(500));
     /// cancel_actor() was called on this portal's link (by any portal to that peer).
     bool cancel_called() const noexcept;
+    /// The peer's heartbeat has not moved for ActorOptions::unresponsive_after (it may be
+    /// stopped or starved; death is decided on kernel evidence only, never on this).
+    bool peer_unresponsive() const noexcept;
 
 private:
     friend class Actor;

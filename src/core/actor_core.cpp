@@ -1,5 +1,7 @@
 #include "core/actor_core.hpp"
 
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <system_error>
 #include <utility>
@@ -8,6 +10,7 @@
 #include "core/boxing.hpp"
 #include "core/context_state.hpp"
 #include "shmctx/errors.hpp"
+#include "shmctx/shm/fault.hpp"
 #include "shmctx/shm/layout.hpp"
 
 namespace shmctx::detail {
@@ -16,6 +19,13 @@ namespace {
 
 /// Records per control ring per pass: a busy link cannot starve the others.
 constexpr std::size_t kRecordsPerPass = 256;
+
+/// Inode of the /dev/shm object `name`; nullopt once it is gone.
+std::optional<ino_t> shm_inode(const std::string& name) {
+    struct stat st {};
+    if (::stat(shm::shm_path(name).c_str(), &st) != 0) return std::nullopt;
+    return st.st_ino;
+}
 
 wire::ContextSettings settings_of(const wire::fb::ContextOptions* o) {
     wire::ContextSettings s;
@@ -73,7 +83,8 @@ void ActorCore::start() {
                 core->post([core = core.get(), peer, event] { core->on_liveness(peer, event); });
             }
         },
-        shm::LivenessOptions{options_.heartbeat_interval, options_.unresponsive_after});
+        shm::LivenessOptions{options_.heartbeat_interval, options_.unresponsive_after,
+                             options_.unresponsive_timeout});
     loop_ = std::thread([this] { control_loop(); });
 }
 
@@ -254,6 +265,7 @@ std::shared_ptr<Link> ActorCore::make_link(shm::PeerActor peer, Uid peer_uid) {
     // [link.epoch] pairs with [link.epoch] in pass(): our arena exists before the peer looks.
     p.segment().links_epoch().fetch_add(1, std::memory_order::release);
     if (shm::WakeSlot* bell = link->peer_wakes().slot(0)) shm::ring(*bell);
+    (void)SHMCTX_FAULT_POINT("link.after_announce");  // kill matrix: the peer saw our arena
     return link;
 }
 
@@ -304,7 +316,14 @@ void ActorCore::scan_links() {
         if (!Uuid::parse_hex(std::string_view(entry).substr(0, 32), owner)) continue;
         {
             const std::lock_guard lock(mu_);
-            if (shutting_down_ || links_.count(owner) != 0 || gone_.count(owner) != 0) continue;
+            if (shutting_down_ || links_.count(owner) != 0) continue;
+            if (const auto it = gone_.find(owner); it != gone_.end()) {
+                // The arena of the link that ended (or one we never attached: no way to
+                // tell it from a new one) stays ignored; a new object is a new link.
+                const std::optional<ino_t> ino = shm_inode(names_.prefix() + "link." + entry);
+                if (!ino || it->second == 0 || *ino == it->second) continue;
+                gone_.erase(it);
+            }
         }
         // Its name: the published segment that says it is `owner`. A scan, but only when a
         // new link appears.
@@ -343,7 +362,8 @@ void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
             links_.erase(it);
             publish_links_locked();
         }
-        gone_[link->peer().uuid] = state;
+        const shm::ArenaView* theirs = link->peer_attached() ? link->peer_arena() : nullptr;
+        gone_[link->peer().uuid] = theirs != nullptr ? theirs->inode() : 0;
         for (auto& [key, ctx] : contexts_) {
             if (key.peer == link->peer().uuid) affected.push_back(ctx);
         }
@@ -355,7 +375,6 @@ void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
 }
 
 void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
-    if (event != shm::LivenessEvent::dead) return;  // unresponsive is a hint, never death
     std::shared_ptr<Link> link;
     {
         const std::lock_guard lock(mu_);
@@ -363,10 +382,67 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
         if (it != links_.end()) link = it->second;
     }
     if (!link) return;
+    const auto ms = [](Duration d) {
+        return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) +
+               " ms";
+    };
+    const std::string who = "actor " + link->peer().to_string() + " (pid " +
+                            std::to_string(link->peer_actor().pid()) + ")";
+    switch (event) {
+        case shm::LivenessEvent::unresponsive:
+            // A hint, never death: a stopped or starved process comes back.
+            link->set_peer_unresponsive(true);
+            std::fprintf(stderr, "shmctx: %s: %s is unresponsive: no heartbeat for %s\n",
+                         uid_.to_string().c_str(), who.c_str(),
+                         ms(options_.unresponsive_after).c_str());
+            return;
+        case shm::LivenessEvent::responsive:
+            link->set_peer_unresponsive(false);
+            std::fprintf(stderr, "shmctx: %s: %s is responsive again\n", uid_.to_string().c_str(),
+                         who.c_str());
+            return;
+        case shm::LivenessEvent::stalled:
+            give_up_on(link, who + " showed no heartbeat for " + ms(options_.unresponsive_timeout) +
+                                 " (unresponsive_timeout): gave up on it");
+            return;
+        case shm::LivenessEvent::dead:
+            break;
+    }
+    // What the peer published before it died still counts (DESIGN.md §4.7): its control
+    // records (a StreamOpen, a Return, a ctxc) are read before the link is declared lost, as
+    // they would have been had the death been noticed a moment later. It writes nothing more.
+    try {
+        if (link->peer_attached() || link->attach_peer(names_)) {
+            const auto dispatch_one = [&](const wire::ControlView& msg) { dispatch(link, msg); };
+            while (link->read_control(dispatch_one, kRecordsPerPass) == kRecordsPerPass) {
+            }
+        }
+    } catch (...) {
+        // A record it left corrupt: its death is the outcome all the same.
+    }
     link_lost(
         link, LinkState::dead,
         std::make_exception_ptr(PeerDied("actor " + link->peer().to_string() + " (pid " +
                                          std::to_string(link->peer_actor().pid()) + ") died")));
+    // The dead actor cannot remove its objects; we have the kernel's word that it is gone, so
+    // nobody needs `shmctx clean` for it (DESIGN.md §4.7). A restarted actor of that name has
+    // its lock and is left alone. Our mappings of its segment and arena stay valid.
+    try {
+        (void)shm::reclaim_dead_actor(names_, link->peer().name, link->peer().uuid);
+    } catch (...) {
+        report_to_stderr("reclaiming a dead peer's objects", std::current_exception());
+    }
+}
+
+void ActorCore::give_up_on(const std::shared_ptr<Link>& link, const std::string& why) {
+    std::fprintf(stderr, "shmctx: %s: %s\n", uid_.to_string().c_str(), why.c_str());
+    // The peer is alive: it must learn that the link is gone when it runs again. LinkClose if
+    // its control ring has room (it stopped reading, so it may not); link_lost() closes our
+    // control ring's producer side in any case, which its control loop also reads as a close.
+    (void)link->send([&](wire::ControlEncoder& enc) {
+        return enc.link_close(wire::fb::LinkCloseReason::unresponsive, why);
+    });
+    link_lost(link, LinkState::failed, std::make_exception_ptr(PeerUnresponsive(why)));
 }
 
 void ActorCore::publish_links_locked() {
@@ -626,10 +702,19 @@ bool ActorCore::service_link(const std::shared_ptr<Link>& link) {
             (void)link->flush();
             return false;
         }
-        const std::size_t n = link->read_control(
-            [&](const wire::ControlView& msg) { dispatch(link, msg); }, kRecordsPerPass);
+        const auto dispatch_one = [&](const wire::ControlView& msg) { dispatch(link, msg); };
+        const std::size_t n = link->read_control(dispatch_one, kRecordsPerPass);
         if (n == kRecordsPerPass) wake_control_loop();  // more to read: come back next pass
         (void)link->flush();
+        // [ring.producer_close]: records written before the close are visible once we see it;
+        // read once more, since the first read may have looked at the tail before the close.
+        if (n == 0 && link->peer_closed_control() &&
+            link->read_control(dispatch_one, kRecordsPerPass) == 0) {
+            link_lost(link, LinkState::closed,
+                      std::make_exception_ptr(TransportClosed("actor " + link->peer().to_string() +
+                                                              " closed its link to us")));
+            return true;
+        }
         return n != 0;
     } catch (...) {
         link_error(link, std::current_exception());
@@ -865,6 +950,7 @@ void ActorCore::run_endpoint(const std::shared_ptr<ContextState>& ctx, const End
 
 void ActorCore::on_cancel_request(const std::shared_ptr<Link>& link,
                                   const wire::fb::CancelRequest& req) {
+    (void)SHMCTX_FAULT_POINT("cancel.received");  // kill matrix: a cancel in flight
     const std::uint64_t id = req.request_id();
     const auto ack = [&](bool found) {
         (void)link->send([&](wire::ControlEncoder& enc) { return enc.cancel_ack(id, found); });

@@ -201,6 +201,8 @@ private:
                    const std::exception_ptr& why);
     /// A control ring or record of `link` failed validation: fails that link only.
     void link_error(const std::shared_ptr<Link>& link, const std::exception_ptr& error) noexcept;
+    /// unresponsive_timeout: closes the link to a live but stalled peer (PeerUnresponsive).
+    void give_up_on(const std::shared_ptr<Link>& link, const std::string& why);
     void on_liveness(const Uuid& peer, shm::LivenessEvent event);
     std::shared_ptr<Link> make_link(shm::PeerActor peer, Uid peer_uid);
     std::shared_ptr<ContextState> find_context(const Uuid& peer, const Cid& cid) const;
@@ -254,9 +256,11 @@ private:
     std::vector<std::pair<std::shared_ptr<Link>, std::uint64_t>> actor_acks_;
     std::thread actor_cancel_thread_;               // joined by shutdown()
     std::atomic<bool> actor_cancel_called_{false};  // [core.cancel]
-    /// Peers whose link ended (closed, dead, failed): their arenas are never linked again
-    /// (uuids are never reused). Guarded by mu_.
-    std::unordered_map<Uuid, LinkState> gone_;
+    /// Peers whose link ended (closed, dead, failed), with the inode of the arena of theirs we
+    /// had attached (0: none): that arena is never linked again, while a new one (another
+    /// inode) is the peer linking afresh, e.g. after we gave up on it as unresponsive.
+    /// Guarded by mu_.
+    std::unordered_map<Uuid, ino_t> gone_;
     std::mutex link_create_mu_;   // one link creation at a time (connect vs. the control loop)
     mutable std::mutex list_mu_;  // guards link_list_ (the pointer, not the list: immutable)
     std::shared_ptr<const LinkList> link_list_ = std::make_shared<const LinkList>();

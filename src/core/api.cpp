@@ -213,6 +213,10 @@ bool Portal::cancel_actor(Deadline deadline) {
     return core_->request_actor_cancel(link_->link, deadline);
 }
 
+bool Portal::peer_unresponsive() const noexcept {
+    return link_->link && link_->link->peer_unresponsive();
+}
+
 bool Portal::cancel_called() const noexcept {
     return link_->link ? link_->link->cancel_called() : core_->cancel_called();
 }

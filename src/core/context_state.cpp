@@ -10,6 +10,7 @@
 #include "core/backoff.hpp"
 #include "core/boxing.hpp"
 #include "core/canceller_thread.hpp"
+#include "shmctx/shm/fault.hpp"
 
 namespace shmctx::detail {
 
@@ -641,6 +642,7 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
     };
     // spec §3.1: the terminal precedes the ack on the same FIFO ring.
     for (const std::uint64_t id : acks) {
+        (void)SHMCTX_FAULT_POINT("cancel.before_ack");  // kill matrix: terminal out, ack owed
         (void)ship([&](wire::ControlEncoder& enc) { return enc.cancel_ack(id, true); });
     }
     record_own_cancel();
@@ -697,7 +699,9 @@ void ContextState::cancel(Deadline deadline) {
     });
     if (!sent) {
         core_->forget_request(request_id);
-        // The link is gone: its loss is the outcome (spec §3.1: logged, not thrown).
+        // A dead peer's task died with it: nothing to say. Any other loss of the link is the
+        // outcome (spec §3.1: logged, not thrown).
+        if (link_->state() == LinkState::dead) return;
         std::fprintf(stderr,
                      "shmctx: %s: may have failed to cancel context %s on %s: the link is "
                      "closed\n",
@@ -886,11 +890,15 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
             const shm::RingClaim claim = ring.try_claim(max_bytes);
             r = claim.status;
             if (claim.ok()) {
+                (void)SHMCTX_FAULT_POINT("stream.after_claim");  // kill matrix: record claimed
                 const std::size_t used = fill(claim.buffer);
                 // The fill threw: not committed; MsgStream rethrows its exception.
                 if (used == FillRef::kAbandoned) return SendStatus::closed;
                 r = ring.commit(claim, std::min(used, max_bytes), record_kind);
-                if (r == shm::WriteResult::ok) return SendStatus::ok;
+                if (r == shm::WriteResult::ok) {
+                    (void)SHMCTX_FAULT_POINT("stream.after_commit");  // kill matrix: committed
+                    return SendStatus::ok;
+                }
             }
         }
         switch (r) {
@@ -1068,9 +1076,13 @@ ContextState::Poll ContextState::poll_inbound(Read&& read, std::exception_ptr& e
         error = in_error_;
         return Poll::error;
     }
-    if (blockers_.load(std::memory_order::acquire) & (kBlockRemoteError | kBlockTransport)) {
+    // [ctx.blockers] pairs with the fetch_or()s in on_error() / on_link_lost().
+    const std::uint32_t blockers = blockers_.load(std::memory_order::acquire);
+    if ((blockers & kBlockRemoteError) != 0 ||
+        ((blockers & kBlockTransport) != 0 && link_->state() == LinkState::failed)) {
         const Lock lock(mu_);
-        // spec §2.4 receive(): a recorded error is raised, even our own cancel's ack.
+        // spec §2.4 receive(): a recorded error is raised, even our own cancel's ack. So is a
+        // link we failed (a protocol error, an unresponsive peer): its data is not trusted.
         error = remote_error_ ? remote_error_ : transport_error_;
         if (error) return Poll::error;
     }
@@ -1084,7 +1096,10 @@ ContextState::Poll ContextState::poll_inbound(Read&& read, std::exception_ptr& e
     const std::optional<std::uint64_t> end = end_seq_locked();
     const std::uint64_t read_count = in_ ? in_->read_msgs() : 0;
     if (end && read_count >= *end) return Poll::ended;
-    return Poll::empty;
+    // The peer's death or orderly close comes after the data: what it published before it went
+    // is delivered first (DESIGN.md §4.7; our mapping of its ring outlives it).
+    error = transport_error_;
+    return error ? Poll::error : Poll::empty;
 }
 
 ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_ptr& error) {

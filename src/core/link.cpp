@@ -1,10 +1,12 @@
 #include "core/link.hpp"
 
+#include <cstring>
 #include <new>
 #include <utility>
 
 #include "core/cancel_scope.hpp"  // NonBlockingThreadMark
 #include "shmctx/errors.hpp"
+#include "shmctx/shm/fault.hpp"
 #include "shmctx/shm/names.hpp"
 
 namespace shmctx::detail {
@@ -65,9 +67,10 @@ Link::Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor
       arena_(create_arena(names, settings, peer_uid_.uuid)),
       out_(create_control_ring(arena_, peer_wakes_)),
       encoder_(settings.max_control_record_bytes) {
+    (void)SHMCTX_FAULT_POINT("link.before_open");  // kill matrix: arena made, no LinkOpen yet
     // LinkOpen is the first record; the ring is empty, so it fits.
     const auto open = encoder_.link_open(wire::UidRef{settings.self.name, settings.self.uuid});
-    if (out_.try_write(kControlRecordKind, open) != shm::WriteResult::ok) {
+    if (write_record(open, shm::Publish::now) != shm::WriteResult::ok) {
         throw ProtocolError("link to " + peer_uid_.to_string() + ": cannot write LinkOpen");
     }
 }
@@ -94,6 +97,9 @@ bool Link::finish(LinkState final_state, std::exception_ptr why) {
         const std::lock_guard lock(out_mu_);
         out_broken_ = true;
         outbox_.clear();
+        // A live peer learns of the end from this even when its control ring had no room
+        // for our LinkClose (a stalled peer, or one we failed for a protocol error).
+        if (final_state != LinkState::dead) out_.close();
     }
     {
         // Nobody will attach our arena again: its name goes now, while contexts and portals
@@ -135,12 +141,12 @@ bool Link::flush() {
     const std::lock_guard lock(out_mu_);
     while (!outbox_.empty() && !out_broken_) {
         const std::vector<std::byte>& record = outbox_.front();
-        const shm::WriteResult r = out_.try_write(kControlRecordKind, record);
+        const shm::WriteResult r = write_record(record, shm::Publish::now);
         if (r == shm::WriteResult::full_bytes || r == shm::WriteResult::full_msgs) {
             // Wake us (slot 0) when the peer frees space; re-check once after advertising
             // so that a release between the failed write and the advertisement is not lost.
             out_.advertise_space_waiter(doorbell_slot_);
-            if (out_.try_write(kControlRecordKind, record) != shm::WriteResult::ok) return false;
+            if (write_record(record, shm::Publish::now) != shm::WriteResult::ok) return false;
         } else if (r != shm::WriteResult::ok) {
             out_broken_ = true;
             return false;
@@ -151,10 +157,26 @@ bool Link::flush() {
     return outbox_.empty();
 }
 
+shm::WriteResult Link::write_record(std::span<const std::byte> record, shm::Publish publish) {
+    if constexpr (!shm::fault_points_enabled()) {
+        return out_.try_write(kControlRecordKind, record, 0, publish);
+    } else {
+        // Two halves, so that the kill matrix can kill us with half a control record written
+        // (claimed, not committed): the peer must never see it.
+        const shm::RingClaim claim = out_.try_claim(record.size());
+        if (!claim.ok()) return claim.status;
+        const std::size_t half = record.size() / 2;
+        std::memcpy(claim.buffer.data(), record.data(), half);
+        (void)SHMCTX_FAULT_POINT("control.half_written");
+        std::memcpy(claim.buffer.data() + half, record.data() + half, record.size() - half);
+        return out_.commit(claim, record.size(), kControlRecordKind, 0, publish);
+    }
+}
+
 bool Link::write_locked(std::span<const std::byte> record, shm::Publish publish) {
     if (out_broken_) return false;
     if (outbox_.empty()) {
-        const shm::WriteResult r = out_.try_write(kControlRecordKind, record, 0, publish);
+        const shm::WriteResult r = write_record(record, publish);
         if (r == shm::WriteResult::ok) return true;
         if (r != shm::WriteResult::full_bytes && r != shm::WriteResult::full_msgs) {
             // too_large cannot happen (records are capped far below a quarter of the ring);

@@ -91,6 +91,13 @@ public:
     void set_cancel_called() noexcept {
         cancel_called_.store(true, std::memory_order::relaxed);  // relaxed: as cancel_called()
     }
+    /// The liveness watcher's last word on the peer's heartbeat (DESIGN.md §2).
+    bool peer_unresponsive() const noexcept {
+        return unresponsive_.load(std::memory_order::relaxed);  // relaxed: a flag, no data
+    }
+    void set_peer_unresponsive(bool on) noexcept {
+        unresponsive_.store(on, std::memory_order::relaxed);  // relaxed: as peer_unresponsive()
+    }
     /// Why the link is not up (failed/closed/dead), else nullptr. Stable once set.
     std::exception_ptr failure() const;
     /// Moves the link to a final state with `why` (first call wins); false if already final.
@@ -121,6 +128,9 @@ public:
     bool control_readable() const noexcept;
     /// Writes outbox records while the ring has room; true when the outbox is empty.
     bool flush();
+    /// The peer closed its control ring (RingWriter::close in its Link::finish): once we read
+    /// what it wrote before, the link is over.
+    bool peer_closed_control() const noexcept { return peer_attached() && in_->producer_closed(); }
     /// awaiting_peer -> up; false (and no change) once the link reached a final state.
     bool mark_up() noexcept {
         LinkState expected = LinkState::awaiting_peer;
@@ -165,6 +175,8 @@ public:
 private:
     /// Under out_mu_: writes one record or queues it; returns false when the ring is broken.
     bool write_locked(std::span<const std::byte> record, shm::Publish publish);
+    /// One record onto the control ring (out_mu_ held, or in the constructor).
+    shm::WriteResult write_record(std::span<const std::byte> record, shm::Publish publish);
     /// Without out_mu_: the wake a publish owes the peer's reader (its cell is in block mode).
     /// A reader that is about to look anyway (a waiting thread of the peer coming back to read,
     /// which withdraws the advertisement, or one that reads past `published`) needs none, and
@@ -183,6 +195,7 @@ private:
 
     std::atomic<LinkState> state_{LinkState::awaiting_peer};
     std::atomic<bool> cancel_called_{false};
+    std::atomic<bool> unresponsive_{false};
     mutable std::mutex state_mu_;  // guards failure_
     std::exception_ptr failure_;
 
