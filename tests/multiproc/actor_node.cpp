@@ -31,6 +31,8 @@
 //                           sleeper.canceller / sleeper.cancel_called when the Cancelled arrives
 //   stream_ints             started(), streams 0, 1, 2, ... (on_full = block) until cancelled;
 //                           reports stream_ints.canceller
+//   stream_ints_spill       args <n>: started(), streams 0 .. n-1 with the default policy (a
+//                           reader with allow_overruns makes it spill), returns n (kill matrix)
 //   error_before_started    args "<peer>": opens "sleeper" on <peer> and its stream, then calls
 //                           started() with a value over the control-record cap
 //                           (PayloadTooLarge, the C++ twin of tractor's unserialisable value) and
@@ -66,7 +68,8 @@
 // stdin lines: "quit" ends the process; "release" opens the gate of the gated_count endpoints
 // (and of sleep_then_cancel_peer, stream_from_peer); "cancel_peer <name>" links to <name> and
 // calls Portal::cancel_actor() (reports cancel_peer.<name>.acked and .cancel_called);
-// "status" reports actor.cancel_called and actor.cancel_caller, then status.done.
+// "status" reports actor.cancel_called, actor.cancel_caller, actor.links and
+// actor.open_contexts, then status.done.
 #include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
@@ -442,6 +445,14 @@ void expose_cancellation(Actor& actor, Spawner& spawner, const std::string& ns) 
         }
     });
 
+    actor.expose("stream_ints_spill", [](Context& ctx, const Payload& args) -> Payload {
+        const std::int64_t n = args.value<std::int64_t>();
+        ctx.started();
+        auto stream = ctx.open_stream();  // on_full = raise: spills if the reader allows it
+        for (std::int64_t i = 0; i < n; ++i) stream.send(Payload::value(i));
+        return Payload::value(n);
+    });
+
     actor.expose("error_before_started", [&actor](Context& ctx, const Payload& args) -> Payload {
         const std::string peer = words_of(args, 1, "error_before_started")[0];
         Portal to_peer = actor.connect(peer, kWait);
@@ -696,6 +707,8 @@ void cancel_peer(Actor& actor, const std::string& peer) {
 void report_status(const Actor& actor) {
     report("actor.cancel_called", actor.cancel_called());
     report("actor.cancel_caller", uid_text(actor.cancel_caller()));
+    report("actor.links", std::to_string(actor.links()));
+    report("actor.open_contexts", std::to_string(actor.open_contexts()));
     report("status.done", true);
 }
 

@@ -159,10 +159,9 @@ protected:
         test::Child again = spawn_victim(nullptr);
         ASSERT_TRUE(again.running()) << again.describe();
         ::testing::Test::RecordProperty(
-            "restart_us",
-            std::to_string(
-                std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start)
-                    .count()));
+            "restart_us", std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(
+                                             Clock::now() - start)
+                                             .count()));
         Portal portal = survivor.connect("victim", kDeadline);
         EXPECT_EQ(portal.run("add_one", Payload::value(std::int64_t{41}), kDeadline)
                       .value<std::int64_t>(),
@@ -273,9 +272,9 @@ TEST_P(KillMatrix, SurvivorWakesReclaimsAndTheNameRestarts) {
             int calls = 0;
             catch_into([&] {
                 for (std::int64_t i = 0; i < 100; ++i, ++calls) {
-                    EXPECT_EQ(portal.run("add_one", Payload::value(i), kDeadline)
-                                  .value<std::int64_t>(),
-                              i + 1);
+                    EXPECT_EQ(
+                        portal.run("add_one", Payload::value(i), kDeadline).value<std::int64_t>(),
+                        i + 1);
                 }
             });
             EXPECT_LT(calls, 100) << "the victim never reached its fault point";

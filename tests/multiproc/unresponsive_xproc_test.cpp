@@ -167,9 +167,9 @@ TEST_F(Unresponsive, TimeoutFailsTheContextWithPeerUnresponsiveAndTheResumedPeer
             kDeadline))
             << "the resumed peer kept the link or its task";
         Portal again = self.connect("peer", kDeadline);
-        EXPECT_EQ(again.run("add_one", Payload::value(std::int64_t{1}), kDeadline)
-                      .value<std::int64_t>(),
-                  2);
+        EXPECT_EQ(
+            again.run("add_one", Payload::value(std::int64_t{1}), kDeadline).value<std::int64_t>(),
+            2);
     }
     quit(node);
 }
