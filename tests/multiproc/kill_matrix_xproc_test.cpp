@@ -11,7 +11,7 @@
 //   - no context, link or thread of ours is left for the victim, and its actor file, segment
 //     and arenas are reclaimed by us, the survivor (only our own objects remain);
 //   - an actor of the same name starts at once and serves.
-// The rows and what each shows are listed in docs/protocol.md §10 (the kill matrix table).
+// The rows and what each shows are listed in docs/protocol.md §12.4 (the kill matrix table).
 //
 // Every wait has a deadline and each test runs under a watchdog. The helpers end at stdin EOF,
 // so they also end if this process dies.
