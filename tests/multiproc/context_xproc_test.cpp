@@ -97,14 +97,10 @@ protected:
     }
 
     void TearDown() override {
-        // A killed helper cannot remove its objects; the guard removes them after this check.
-        if (expect_clean_) {
-            EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
-                << "shared-memory objects left in namespace " << guard_.names.ns();
-        }
+        // Killed helpers included: the parent reclaimed what a dead peer left (DESIGN.md §2).
+        EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
+            << "shared-memory objects left in namespace " << guard_.names.ns();
     }
-
-    bool expect_clean_ = true;
 
 private:
     test::NamespaceGuard guard_{"ctxx"};
@@ -260,7 +256,6 @@ TEST_F(ContextXproc, PeerOfAnotherLayoutVersionIsRefusedNamingBothVersions) {
 // A peer killed while it sets up its side of the link (right after carving its control ring)
 // fails connect() promptly with a typed error, and our actor links to other peers afterwards.
 TEST_F(ContextXproc, PeerDyingDuringLinkSetupFailsConnectWithoutHanging) {
-    expect_clean_ = false;  // the killed node cannot remove its objects
     test::Child doomed =
         spawn_node("doomed", {"server"}, {"SHMCTX_FAULT=arena.after_carve=kill@1"});
     test::Child healthy = spawn_node("healthy", {"server"});
@@ -294,7 +289,6 @@ class PeerGone : public ContextXproc, public ::testing::WithParamInterface<bool>
 
 TEST_P(PeerGone, BetweenConnectAndOpenContextRaisesTransportClosed) {
     const bool killed = GetParam();
-    expect_clean_ = !killed;
     test::Child node = spawn_node("server", {"server"});
     ASSERT_TRUE(node.running());
     Actor parent("parent", options());
@@ -345,7 +339,6 @@ INSTANTIATE_TEST_SUITE_P(Exit, PeerGone, ::testing::Bool(),
 // DESIGN.md §4.7 (fixes spec §3.10): the parent blocked in receive() while its peer is SIGKILLed
 // wakes with PeerDied; the body's error propagates unchanged out of open_context.
 TEST_F(ContextXproc, PeerKilledWhileParentBlockedInReceiveRaisesPeerDied) {
-    expect_clean_ = false;  // the killed node cannot remove its objects
     test::Child node = spawn_node("server", {"server"});
     ASSERT_TRUE(node.running());
     Actor parent("parent", options());

@@ -90,13 +90,10 @@ protected:
     }
 
     void TearDown() override {
-        if (expect_clean_) {
-            EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
-                << "shared-memory objects left in namespace " << guard_.names.ns();
-        }
+        // Killed helpers included: the parent reclaimed what a dead peer left (DESIGN.md §2).
+        EXPECT_THAT(test::all_objects(guard_.names), IsEmpty())
+            << "shared-memory objects left in namespace " << guard_.names.ns();
     }
-
-    bool expect_clean_ = true;
 
 private:
     test::NamespaceGuard guard_{"strx"};
@@ -233,7 +230,6 @@ TEST_F(StreamXproc, BlockPolicyWaitsUntilTheOtherProcessReads) {
 // DESIGN.md §4.7: a peer SIGKILLed while our send is blocked (on_full = block) wakes the send
 // with PeerDied promptly; the error leaves the block unchanged.
 TEST_F(StreamXproc, PeerKilledWhileOurSendIsBlockedRaisesPeerDied) {
-    expect_clean_ = false;  // the killed node cannot remove its objects
     test::Child node = spawn_node("node");
     ASSERT_TRUE(node.running());
     Actor parent("parent", options());
@@ -282,7 +278,6 @@ TEST_F(StreamXproc, PeerKilledWhileOurSendIsBlockedRaisesPeerDied) {
 // peer_error, the block raises PeerDied) and the spill is discarded, counted in spill_discarded.
 TEST_F(StreamXproc, PeerKilledWhileWeSpillFailsTheContextAndDiscardsTheSpill) {
     constexpr std::uint64_t kItems = 200;
-    expect_clean_ = false;
     test::Child node = spawn_node("node");
     ASSERT_TRUE(node.running());
     Actor parent("parent", options());
