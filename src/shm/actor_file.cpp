@@ -128,6 +128,18 @@ std::optional<Uuid> published_uuid(const Names& names, std::string_view name,
     return std::nullopt;
 }
 
+/// True if the segment published under `name` is still locked by its creator: the kernel says
+/// a live process made it, whatever state its actor file is in (e.g. removed by hand). False
+/// when there is none or it cannot be probed (then the actor-file lock decides, as before).
+bool creator_alive(const Names& names, std::string_view name) {
+    try {
+        auto seg = Segment::try_open(names.actor_segment(name), SegmentOptions{0600, true});
+        return seg && seg->locked_elsewhere();
+    } catch (const Error&) {
+        return false;
+    }
+}
+
 void remove_object(const std::string& object, bool dry_run, ReclaimReport& report) {
     if (dry_run) {
         if (path_inode(shm_path(object))) report.removed.push_back(object);
@@ -488,9 +500,20 @@ ReclaimReport reclaim_stale(const Names& names, bool dry_run) {
         // One entry that cannot be probed or claimed (e.g. planted by another user in the
         // world-writable /dev/shm) must not stop the sweep of every name after it.
         try {
+            auto keep_live_creator = [&] {
+                report.notes.push_back("kept '" + names.actor_segment(name) +
+                                       "' and its arenas: its creator still holds its lock (a "
+                                       "live process whose actor file was removed)");
+                note_live(name);
+            };
             if (dry_run) {
                 if (lock_state(names, name) == LockState::held) {
                     note_live(name);
+                    continue;
+                }
+                if (creator_alive(names, name)) {
+                    keep_live_creator();
+                    if (had_file) report.removed.push_back(file_name);
                     continue;
                 }
                 reclaim_name(names, name, arenas, true, report);
@@ -502,6 +525,12 @@ ReclaimReport reclaim_stale(const Names& names, bool dry_run) {
             auto file = ActorFile::try_claim(names, name);
             if (!file) {
                 note_live(name);
+                continue;
+            }
+            if (creator_alive(names, name)) {
+                keep_live_creator();
+                file->release();  // a free (or our fresh) actor file is stale either way
+                if (had_file) report.removed.push_back(file_name);
                 continue;
             }
             reclaim_name(names, name, arenas, false, report);

@@ -342,6 +342,27 @@ TEST(ReclaimStale, KeepsArenasWhenALiveActorsSegmentIsUnreadable) {
     EXPECT_FALSE(report.notes.empty());
 }
 
+TEST(ReclaimStale, KeepsALiveCreatorsSegmentAndArenasWhenItsActorFileWasRemoved) {
+    NamespaceGuard ns("reclaim-orphan");
+    LocalActorRecord live(ns.names, "orphan", LocalActorOptions{{}, false});
+    const std::string arena = ns.names.arena(live.uuid(), Uuid::random());
+    Segment::create(arena, 4096);
+    // Someone removes the live actor's file by hand: its name lock no longer protects it, but
+    // its segment's creator lock (kernel evidence of a live process) still does.
+    ASSERT_EQ(::unlink(shm_path(ns.names.actor_file("orphan")).c_str()), 0);
+
+    for (const bool dry_run : {true, false}) {
+        const ReclaimReport report = reclaim_stale(ns.names, dry_run);
+        EXPECT_TRUE(report.removed.empty()) << dry_run << ::testing::PrintToString(report.removed);
+        EXPECT_THAT(::testing::PrintToString(report.notes), HasSubstr("creator still holds"));
+        const std::vector<std::string> expected = {arena, ns.names.actor_segment("orphan")};
+        auto left = all_objects(ns.names);
+        std::sort(left.begin(), left.end());
+        EXPECT_EQ(left, expected) << "dry_run " << dry_run;
+    }
+    Segment::remove(arena);
+}
+
 TEST(ReclaimStale, AnUnclaimableEntryIsNotedAndTheRestIsStillSwept) {
     NamespaceGuard ns("reclaim-odd");
     // An entry under an actor-file name that cannot be opened as one (here a directory; a file

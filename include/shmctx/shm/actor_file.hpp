@@ -157,7 +157,9 @@ struct ReclaimReport {
 /// file; seg/tmp entries with no actor file (the same way); arenas whose owner uuid is no live
 /// actor's (arenas are listed first, so an arena created by an actor that starts during the
 /// sweep is never touched). A name whose entry cannot be probed or claimed is skipped with a
-/// note, and then no arena is removed (its owner is unknown). `dry_run` only reports.
+/// note, and then no arena is removed (its owner is unknown). A published segment whose
+/// creator still holds its lock (a live process whose actor file was removed, say by hand) is
+/// kept with its arenas and noted, whatever its actor file says. `dry_run` only reports.
 ReclaimReport reclaim_stale(const Names& names, bool dry_run = false);
 
 /// What a survivor runs when the liveness watcher reported the actor `name` (uuid `uuid`)
