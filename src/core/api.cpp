@@ -280,7 +280,7 @@ MsgStream& MsgStream::operator=(MsgStream&& other) noexcept {
     if (this != &other) {
         if (state_) {
             try {
-                state_->close_stream();
+                (void)state_->close_stream();  // a cut flush is seen at the context's exit
             } catch (...) {
                 // Closing is best effort here; the context's end closes it anyway.
             }
@@ -301,7 +301,7 @@ MsgStream::~MsgStream() {
     try {
         // Destroyed by an exception's unwinding (the body failed): a failed context discards
         // its spill instead of waiting for it to flush (DESIGN.md §4.2).
-        state_->close_stream(std::uncaught_exceptions() == 0);
+        (void)state_->close_stream(std::uncaught_exceptions() == 0);  // cut: seen at the exit
     } catch (...) {
         // A destructor never throws; the context's end closes the stream anyway.
     }
@@ -359,7 +359,11 @@ std::size_t MsgStream::drain_into(detail::MessageSink sink, std::size_t max) {
 shm::RingCounters MsgStream::outbound_counters() const { return state_->outbound_counters(); }
 shm::RingCounters MsgStream::inbound_counters() const { return state_->inbound_counters(); }
 
-void MsgStream::close() { state_->close_stream(); }
+void MsgStream::close() {
+    // Our cancellation cut the flush of our spill: raise it here, where the sender learns
+    // that what it had sent is not all delivered (DESIGN.md §4.2).
+    if (state_->close_stream()) detail::throw_cancelled();
+}
 bool MsgStream::closed() const noexcept {
     try {
         return state_->stream_closed();

@@ -461,7 +461,7 @@ Outcome ContextState::wait_for_result() {
     std::rethrow_exception(e);
 }
 
-Outcome ContextState::exit_parent(const std::exception_ptr& body_error) {
+Outcome ContextState::exit_parent(const std::exception_ptr& body_outcome) {
     const auto exit_normally = [&]() -> Outcome {
         try {
             return wait_for_result();
@@ -472,7 +472,22 @@ Outcome ContextState::exit_parent(const std::exception_ptr& body_error) {
             throw;
         }
     };
-    if (!body_error) return exit_normally();
+    bool cut = false;
+    {
+        const Lock lock(mu_);
+        cut = spill_cut_;
+    }
+    if (!body_outcome && !cut) return exit_normally();
+    // The body returned, but our cancellation cut its stream's flush (the MsgStream closed at
+    // the body's end): that is the body's Cancelled, not a normal exit (DESIGN.md §4.2).
+    const std::exception_ptr body_error =
+        body_outcome ? body_outcome : [&]() -> std::exception_ptr {
+        try {
+            throw_cancelled();
+        } catch (...) {
+            return std::current_exception();
+        }
+    }();
     try {
         std::rethrow_exception(body_error);
     } catch (const EndOfChannel&) {
@@ -557,16 +572,20 @@ void ContextState::started(PayloadView value) {
 void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr error,
                                 bool cancelled) {
     // A failed or cancelled task discards its spill; a normal end flushes it (close_stream).
-    if (error || cancelled) settle_spill(false);
+    if (error || cancelled) (void)settle_spill(false);
     {
         bool close = false;
         {
             const Lock lock(mu_);
             close = stream_opened_ && !stream_closed_;
         }
-        if (close) close_stream();
+        if (close) (void)close_stream();
+        // Our cancellation cut a flush (here, or when the endpoint's MsgStream closed): the
+        // dropped messages make this a cancelled end, never a Return (DESIGN.md §4.2).
+        const Lock lock(mu_);
+        if (spill_cut_) cancelled = true;
     }
-    settle_spill(false);  // close_stream() flushed it, or the stream was closed before
+    (void)settle_spill(false);  // close_stream() flushed it, or the stream was closed before
     const std::uint64_t data_seq = out_ ? out_->ring().written_msgs() : 0;
     std::exception_ptr ship_error;
     std::optional<RemoteErrorInfo> own_cancel;  // our own ContextCancelled's fields
@@ -1022,27 +1041,32 @@ void ContextState::discard_spill_async() noexcept {
     }
 }
 
-void ContextState::settle_spill(bool flush) noexcept {
-    if (!out_ || out_->spill_empty()) return;
+bool ContextState::settle_spill(bool flush) noexcept {
+    if (!out_ || out_->spill_empty()) return false;
     OutboundStream& out = *out_;
+    bool cut = false;
     if (flush && !out.discarding()) {
         // A normal close flushes, but stops as soon as the peer's Stop/Return, an error or the
         // peer's consumer_closed (the drainer then discards) says nobody reads (DESIGN.md §4.2).
-        const auto done = [&] {
-            return out.spill_empty() || out.discarding() ||
+        const auto nobody_reads = [&] {
+            return out.discarding() ||
                    (blockers_.load(std::memory_order::acquire) &  // [ctx.blockers]
                     (kBlockRemoteError | kBlockTransport | kBlockPeerEnded)) != 0;
         };
+        const auto done = [&] { return out.spill_empty() || nobody_reads(); };
         try {
             (void)out.wait_spill(done, current_stop_token(), Deadline::never());
         } catch (...) {
             // wait_spill allocates nothing of its own; treat any failure as "discard".
         }
-        if (out.spill_empty()) return;
+        if (out.spill_empty()) return false;
+        // The peer still reads: our cancellation ended the wait. What is dropped now was
+        // accepted by send(), so the close must not look like a normal end.
+        cut = !nobody_reads();
     }
     try {
         (void)out.discard_and_wait(core_->drainer());
-        return;
+        return cut;
     } catch (...) {
         // Fall through: the carve must never be given back while the drainer may hold the ring.
     }
@@ -1050,6 +1074,7 @@ void ContextState::settle_spill(bool flush) noexcept {
         out.request_discard(core_->drainer_if_started());
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    return cut;
 }
 
 std::optional<std::uint64_t> ContextState::end_seq_locked() const noexcept {
@@ -1281,33 +1306,43 @@ RecvStatus ContextState::try_receive(Message& out) noexcept {
     return RecvStatus::empty;
 }
 
-void ContextState::close_stream(bool flush) {
+bool ContextState::close_stream(bool flush) {
     {
         Lock lock(mu_);
-        if (stream_closed_) return;
+        if (stream_closed_) return false;
         stream_closed_ = true;
         blockers_.fetch_or(kBlockClosed, std::memory_order::release);  // [ctx.blockers]
         if (in_) in_->close();
         if (stop_sent_ || finished_) {
             lock.unlock();
             notify();
-            return;
+            return false;
         }
         stop_sent_ = true;
     }
     // The Stop counts what reached the ring: the spill is flushed (or discarded) first.
-    settle_spill(flush);
+    if (settle_spill(flush)) {
+        // No Stop: it would tell the peer the stream ended whole. The cancel that cut the
+        // flush ends the context (our terminal, or the parent's cancel request) instead.
+        {
+            const Lock lock(mu_);
+            spill_cut_ = true;
+        }
+        notify();
+        return true;
+    }
     if (side_ == Side::child && !flush && scope_.cancelled()) {
         // A cancelled task's stream closed by the unwinding: its terminal follows at once and
         // ends the parent's stream itself (an Error takes effect at once; data_seq of a Return
         // is counted), so a Stop ahead of it would only delay the ack cancel() waits for.
         notify();
-        return;
+        return false;
     }
     const std::uint64_t data_seq = out_ ? out_->ring().written_msgs() : 0;
     // A lost link makes the Stop moot; the stream is closed either way.
     (void)ship([&](wire::ControlEncoder& enc) { return enc.stop(cid_, data_seq); });
     notify();
+    return false;
 }
 
 bool ContextState::poll_ready() noexcept {

@@ -93,7 +93,7 @@ public:
     void cancel_quietly() noexcept;
     /// The open_context exit algorithm (spec §3.5) after the body: `body_error` null for a
     /// normal exit (including an absorbed cancel). Returns the outcome or rethrows.
-    Outcome exit_parent(const std::exception_ptr& body_error);
+    Outcome exit_parent(const std::exception_ptr& body_outcome);
     Outcome wait_for_result();
 
     // ---- child side ----
@@ -134,7 +134,11 @@ public:
     shm::RingCounters outbound_counters() const;
     shm::RingCounters inbound_counters() const;
     /// Sends Stop after the spill is flushed (`flush`) or discarded (a failing body's unwind).
-    void close_stream(bool flush = true);
+    /// Closes our side (Stop after the spill is flushed; `flush` false discards it). True when
+    /// our cancellation cut the flush: spilled messages were dropped, no Stop was sent (the
+    /// cancel's terminal ends the stream) and the caller must not report a normal end
+    /// (DESIGN.md §4.2: never a silent drop).
+    bool close_stream(bool flush = true);
     bool stream_closed() const;
     std::size_t max_message_bytes() const noexcept;
 
@@ -172,7 +176,9 @@ private:
     std::optional<SendStatus> send_blocked(bool raise);
     /// Flushes (`flush`, waiting cancellably while the peer still reads) or discards the spill
     /// and waits until the drainer let go of the ring. Sending thread; never throws.
-    void settle_spill(bool flush) noexcept;
+    /// True when a flush was cut by our own cancellation (the stop token) while the peer still
+    /// read, so that spilled messages were discarded.
+    bool settle_spill(bool flush) noexcept;
     /// Asks the drainer to discard our spill (the peer ended, the context failed).
     void discard_spill_async() noexcept;
     /// The stream's options (defaults before open_stream(); stream threads only after it).
@@ -250,6 +256,7 @@ private:
     bool stream_opened_ = false;
     bool stream_closed_ = false;  // our close (or the end of the context)
     bool stop_sent_ = false;
+    bool spill_cut_ = false;     // close_stream() returned true (read by the exits)
     bool stop_reading_ = false;  // wait_for_result() ran: our inbound ring is closed
     // open_stream()'s options: set once under mu_ before the MsgStream exists, never changed,
     // so the stream's threads (which get the MsgStream later) read them without the lock.

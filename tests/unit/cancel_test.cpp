@@ -1416,5 +1416,130 @@ INSTANTIATE_TEST_SUITE_P(Requester, ActorCancelCascade,
                              return "ThirdParty";
                          });
 
+// ---------------------------------------------------------------------------------------------
+// DESIGN.md §4.2, never a silent drop (found by the soak): a cancel that cuts the flush of a
+// spill (the receiver allows overruns and reads slowly) drops messages send() had accepted, so
+// neither side may see the stream end normally.
+
+/// "rx" endpoint "gated_sink": inbound ring of 4, overruns allowed; reads nothing until `gate`,
+/// then counts messages until the stream ends, recording whether it ended normally.
+struct GatedSink {
+    std::atomic<bool> gate{false};
+    std::atomic<std::int64_t> received{0};
+    std::atomic<bool> ended_normally{false};
+    void expose(Actor& rx) {
+        ExposeOptions eo;
+        eo.msg_buffer_size = 4;
+        eo.allow_overruns = true;
+        rx.expose(
+            "gated_sink",
+            [this](Context& ctx, const Payload&) -> Payload {
+                ctx.started();
+                auto stream = ctx.open_stream();
+                EXPECT_TRUE(test::wait_until([&] { return gate.load(); }, kDeadline));
+                for (const auto& m : stream) {
+                    (void)m;
+                    ++received;
+                }
+                ended_normally = true;
+                return Payload::value(received.load());
+            },
+            eo);
+    }
+};
+
+TEST_F(CancelTest, ACancelCuttingTheParentsSpillFlushRaisesFromCloseAndNeverEndsNormally) {
+    GatedSink sink;
+    Actor rx("rx", options());
+    sink.expose(rx);
+    Actor tx("tx", options());
+    Portal portal = tx.connect("rx", kDeadline);
+    constexpr int kSent = 100;  // 4 in the ring, 96 spilled
+    std::atomic<pid_t> closer{0};
+    std::atomic<bool> close_raised{false};
+    std::jthread canceller([&] {
+        // Cancel once the body sleeps in close(), waiting for the spill to drain.
+        EXPECT_TRUE(test::wait_until(
+            [&] {
+                const pid_t tid = closer.load();
+                return tid != 0 && thread_state(tid) == 'S';
+            },
+            kDeadline));
+        tx.cancel();
+        sink.gate = true;
+    });
+    bool cancelled = false;
+    try {
+        (void)portal.open_context("gated_sink", {}, [&](Context& ctx, const Payload&) {
+            auto stream = ctx.open_stream();
+            for (int i = 0; i < kSent; ++i) stream.send("x");
+            EXPECT_GT(stream.outbound_counters().spilled, 0U);
+            closer = current_tid();
+            try {
+                stream.close();
+            } catch (const Cancelled&) {
+                close_raised = true;
+                throw;
+            }
+            ADD_FAILURE() << "close() returned after its flush was cut";
+        });
+        ADD_FAILURE() << "open_context returned normally";
+    } catch (const Cancelled&) {
+        cancelled = true;
+    }
+    canceller.join();
+    EXPECT_TRUE(cancelled);
+    EXPECT_TRUE(close_raised);
+    ASSERT_TRUE(test::wait_until([&] { return rx.open_contexts() == 0; }, kDeadline));
+    EXPECT_FALSE(sink.ended_normally.load() && sink.received.load() < kSent)
+        << "the receiver saw a normal end after " << sink.received.load() << " of " << kSent;
+}
+
+TEST_F(CancelTest, ACancelCuttingTheChildsSpillFlushAtItsReturnShipsACtxcNotTheReturn) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    constexpr int kSent = 100;
+    std::atomic<pid_t> returning{0};
+    child.expose("spiller", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        for (int i = 0; i < kSent; ++i) stream.send("x");
+        returning = current_tid();
+        return Payload::value(std::int64_t{kSent});  // the MsgStream's close flushes
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    OpenOptions oo;
+    oo.msg_buffer_size = 4;
+    oo.allow_overruns = true;
+    std::int64_t received = 0;
+    const auto r = portal.open_context(
+        "spiller", {},
+        [&](Context& ctx, const Payload&) {
+            auto stream = ctx.open_stream();
+            // The child returned and sleeps flushing its spill into our full ring.
+            EXPECT_TRUE(test::wait_until(
+                [&] {
+                    const pid_t tid = returning.load();
+                    return tid != 0 && thread_state(tid) == 'S';
+                },
+                kDeadline));
+            ctx.cancel(kCancelWait);
+            try {
+                for (;;) {
+                    (void)stream.receive();
+                    ++received;
+                }
+            } catch (const ContextCancelled&) {
+                // our own cancel's ack: the child's task ended cancelled
+            } catch (const EndOfChannel&) {
+                ADD_FAILURE() << "a normal end of stream after " << received << " messages";
+            }
+        },
+        oo);
+    EXPECT_TRUE(r.outcome.is_absorbed_cancel()) << "not our absorbed cancel";
+    EXPECT_FALSE(r.outcome.has_value() && received < kSent)
+        << "a Return after " << received << " of " << kSent << " messages";
+}
+
 }  // namespace
 }  // namespace shmctx
