@@ -17,6 +17,7 @@
 #include <span>
 #include <stop_token>
 #include <string_view>
+#include <type_traits>
 
 #include "shmctx/deadline.hpp"
 #include "shmctx/errors.hpp"
@@ -256,8 +257,10 @@ public:
     /// consumed.
     template <class F>
     std::size_t drain(F&& f, std::size_t max) {
-        auto thunk = [](void* object, const Message& m) { (*static_cast<F*>(object))(m); };
-        return drain_into(detail::MessageSink{static_cast<void*>(&f), thunk}, max);
+        using Fn = std::remove_reference_t<F>;  // F is a reference for a named callable
+        auto thunk = [](void* object, const Message& m) { (*static_cast<Fn*>(object))(m); };
+        void* object = const_cast<void*>(static_cast<const void*>(std::addressof(f)));
+        return drain_into(detail::MessageSink{object, thunk}, max);
     }
     /// Counters of the ring we send on (zeros before our first send) and of the one we read
     /// (zeros before the peer's first send); the same words `shmctx ls` reads from outside.

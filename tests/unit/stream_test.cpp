@@ -760,10 +760,11 @@ TEST_F(StreamTest, DrainReadsBatchesInOrder) {
             ctx.started();
             auto stream = ctx.open_stream();
             parent_sent.wait_in(ctx, kItems);  // all 100 are in the ring now
+            // A named (const lvalue) callable: drain() takes any callable, not only temporaries.
+            const auto record = [&](const Message& m) { seen.push_back(seq_of(m)); };
             for (;;) {
                 try {
-                    batches.push_back(
-                        stream.drain([&](const Message& m) { seen.push_back(seq_of(m)); }, 16));
+                    batches.push_back(stream.drain(record, 16));
                 } catch (const EndOfChannel&) {
                     end_of_channel = true;
                     break;
