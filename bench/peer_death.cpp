@@ -11,7 +11,6 @@
 // for each of the three and exits 1 if a round fails (no PeerDied, objects left after 5 s).
 // shmctx_bench_death measures the liveness watcher alone.
 #include <signal.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,7 +19,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,14 +32,6 @@ using namespace shmctx;
 using namespace std::chrono_literals;
 
 namespace {
-
-char thread_state(pid_t tid) {
-    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto paren = line.rfind(')');
-    return paren == std::string::npos || paren + 2 >= line.size() ? '?' : line[paren + 2];
-}
 
 double ms_between(Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
@@ -90,7 +80,7 @@ int run(std::size_t kills, const std::string& node) {
             (void)test::wait_until(
                 [&] {
                     const pid_t tid = receiver.load();
-                    return tid != 0 && thread_state(tid) == 'S';
+                    return tid != 0 && test::thread_state(tid) == 'S';
                 },
                 5s);
             killed_at = Clock::now();
@@ -100,7 +90,7 @@ int run(std::size_t kills, const std::string& node) {
         try {
             portal.open_context("hold", {}, [&](Context& ctx, const Payload&) {
                 auto stream = ctx.open_stream();
-                receiver = static_cast<pid_t>(::syscall(SYS_gettid));
+                receiver = test::current_tid();
                 (void)stream.receive();
             });
             std::fprintf(stderr, "round %zu: open_context returned\n", i);

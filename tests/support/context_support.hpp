@@ -70,17 +70,6 @@ private:
     std::thread thread_;
 };
 
-/// Kernel scheduling state of one of our threads ('R', 'S', ...), or '?'.
-char thread_state(pid_t tid) {
-    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto paren = line.rfind(')');
-    return paren == std::string::npos || paren + 2 >= line.size() ? '?' : line[paren + 2];
-}
-
-pid_t current_tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
-
 /// Threads of this process that the library started (named "shmctx-..."). Sanitizer runtimes
 /// start threads of their own (TSan's background thread appears lazily), so counting every task
 /// would make the counts depend on the build.

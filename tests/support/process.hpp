@@ -69,6 +69,12 @@ double test_scale();
 /// max(minimum, n * test_scale()).
 std::size_t scaled(std::size_t n, std::size_t minimum = 1);
 
+/// Kernel scheduling state of one of our threads ('R', 'S', ...), or '?': a test waits for a
+/// thread to sleep in a blocking call (state 'S') before it acts on it.
+char thread_state(pid_t tid);
+/// The calling thread's kernel thread id.
+pid_t current_tid();
+
 /// A namespace no other test (or parallel ctest process) uses: "test-<pid>-<tag>-<n>".
 std::string unique_ns(std::string_view tag);
 
