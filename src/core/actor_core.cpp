@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <system_error>
 #include <utility>
@@ -255,6 +256,14 @@ std::shared_ptr<Link> ActorCore::make_link(shm::PeerActor peer, Uid peer_uid) {
     settings.max_control_record_bytes = options_.max_control_record_bytes;
     auto link = std::make_shared<Link>(names_, settings, std::move(peer), std::move(peer_uid));
     link->set_on_outbox([this] { wake_control_loop(); });
+    {
+        const std::lock_guard lock(mu_);
+        if (const auto it = gone_.find(link->peer().uuid); it != gone_.end()) {
+            // A new link to a peer whose earlier link ended: its old arena may still be there
+            // (a stopped peer that has not noticed the end); attach only a new one.
+            link->ignore_peer_arena(it->second);
+        }
+    }
     const shm::PeerActor& p = link->peer_actor();
     watcher_->watch(p.uuid(), p.pidfd(), &p.segment().heartbeat(), p.lock_fd());
     {
@@ -314,16 +323,17 @@ void ActorCore::scan_links() {
         if (entry.size() != 65 || entry.compare(32, std::string::npos, suffix) != 0) continue;
         Uuid owner;
         if (!Uuid::parse_hex(std::string_view(entry).substr(0, 32), owner)) continue;
+        std::optional<ino_t> ended;  // the peer's arena of a link that ended
         {
             const std::lock_guard lock(mu_);
             if (shutting_down_ || links_.count(owner) != 0) continue;
-            if (const auto it = gone_.find(owner); it != gone_.end()) {
-                // The arena of the link that ended (or one we never attached: no way to
-                // tell it from a new one) stays ignored; a new object is a new link.
-                const std::optional<ino_t> ino = shm_inode(names_.prefix() + "link." + entry);
-                if (!ino || it->second == 0 || *ino == it->second) continue;
-                gone_.erase(it);
-            }
+            if (const auto it = gone_.find(owner); it != gone_.end()) ended = it->second;
+        }
+        if (ended) {
+            // That arena stays ignored (it lingers until the peer notices the end); another
+            // object under the name is the peer linking afresh. stat() outside mu_.
+            const std::optional<ino_t> ino = shm_inode(names_.prefix() + "link." + entry);
+            if (!ino || *ino == *ended) continue;
         }
         // Its name: the published segment that says it is `owner`. A scan, but only when a
         // new link appears.
@@ -354,6 +364,13 @@ void ActorCore::scan_links() {
 void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
                           const std::exception_ptr& why) {
     if (!link->finish(state, why)) return;
+    // The peer's arena of this link, never to be linked again (scan_links, attach_peer): the
+    // one we attached, else whatever is under its name now (the peer may have made it while
+    // we never attached it); none: nothing to ignore. stat() before mu_.
+    const shm::ArenaView* theirs = link->peer_attached() ? link->peer_arena() : nullptr;
+    const std::optional<ino_t> ended = theirs != nullptr
+                                           ? std::optional<ino_t>(theirs->inode())
+                                           : shm_inode(names_.arena(link->peer().uuid, uid_.uuid));
     std::vector<std::shared_ptr<ContextState>> affected;
     {
         const std::lock_guard lock(mu_);
@@ -362,13 +379,21 @@ void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
             links_.erase(it);
             publish_links_locked();
         }
-        const shm::ArenaView* theirs = link->peer_attached() ? link->peer_arena() : nullptr;
-        gone_[link->peer().uuid] = theirs != nullptr ? theirs->inode() : 0;
+        if (ended) {
+            gone_[link->peer().uuid] = *ended;
+        } else {
+            gone_.erase(link->peer().uuid);
+        }
         for (auto& [key, ctx] : contexts_) {
             if (key.peer == link->peer().uuid) affected.push_back(ctx);
         }
     }
     if (watcher_) watcher_->unwatch(link->peer().uuid);
+    if (state != LinkState::dead) {
+        // [core.rescan] pairs with pass(): the peer may have made a new arena already.
+        rescan_links_.store(true, std::memory_order::release);
+        wake_control_loop();
+    }
     links_cv_.notify_all();
     fail_actor_requests(link.get());
     for (auto& ctx : affected) ctx->on_link_lost(why);
@@ -402,8 +427,11 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
                          who.c_str());
             return;
         case shm::LivenessEvent::stalled:
-            give_up_on(link, who + " showed no heartbeat for " + ms(options_.unresponsive_timeout) +
-                                 " (unresponsive_timeout): gave up on it");
+            // The watcher raises a timeout below unresponsive_after to it.
+            give_up_on(
+                link, who + " showed no heartbeat for " +
+                          ms(std::max(options_.unresponsive_timeout, options_.unresponsive_after)) +
+                          " (unresponsive_timeout): gave up on it");
             return;
         case shm::LivenessEvent::dead:
             break;
@@ -432,6 +460,10 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
     } catch (...) {
         report_to_stderr("reclaiming a dead peer's objects", std::current_exception());
     }
+    // A dead uuid never links again (open_peer refuses it), so gone_ need not remember it:
+    // it would only grow with every death over a long run.
+    const std::lock_guard lock(mu_);
+    gone_.erase(link->peer().uuid);
 }
 
 void ActorCore::give_up_on(const std::shared_ptr<Link>& link, const std::string& why) {
@@ -686,7 +718,9 @@ bool ActorCore::pass() {
     }
     // [link.epoch] pairs with [link.epoch] in make_link(): a peer's arena exists before.
     const std::uint64_t epoch = record_.segment().links_epoch().load(std::memory_order::acquire);
-    if (epoch != seen_epoch_) {
+    // [core.rescan] pairs with the store in link_lost(): a new arena of a peer whose link just
+    // ended was skipped by an earlier scan (the old link was still there): look again.
+    if (epoch != seen_epoch_ || rescan_links_.exchange(false, std::memory_order::acq_rel)) {
         scan_links();  // if it throws, the same epoch is scanned again next pass
         seen_epoch_ = epoch;
         worked = true;
@@ -708,11 +742,14 @@ bool ActorCore::service_link(const std::shared_ptr<Link>& link) {
         (void)link->flush();
         // [ring.producer_close]: records written before the close are visible once we see it;
         // read once more, since the first read may have looked at the tail before the close.
-        if (n == 0 && link->peer_closed_control() &&
-            link->read_control(dispatch_one, kRecordsPerPass) == 0) {
-            link_lost(link, LinkState::closed,
-                      std::make_exception_ptr(TransportClosed("actor " + link->peer().to_string() +
-                                                              " closed its link to us")));
+        if (n == 0 && link->peer_closed_control()) {
+            if (link->read_control(dispatch_one, kRecordsPerPass) == 0) {
+                link_lost(link, LinkState::closed,
+                          std::make_exception_ptr(TransportClosed(
+                              "actor " + link->peer().to_string() + " closed its link to us")));
+            } else {
+                wake_control_loop();  // the records before the close now, the close next pass
+            }
             return true;
         }
         return n != 0;

@@ -260,6 +260,8 @@ private:
     /// had attached (0: none): that arena is never linked again, while a new one (another
     /// inode) is the peer linking afresh, e.g. after we gave up on it as unresponsive.
     /// Guarded by mu_.
+    /// Scan the arenas again on the next pass (a link ended: a skipped arena may be new).
+    std::atomic<bool> rescan_links_{false};
     std::unordered_map<Uuid, ino_t> gone_;
     std::mutex link_create_mu_;   // one link creation at a time (connect vs. the control loop)
     mutable std::mutex list_mu_;  // guards link_list_ (the pointer, not the list: immutable)

@@ -661,7 +661,8 @@ void ContextState::finish_child(std::optional<Payload> value, std::exception_ptr
     };
     // spec §3.1: the terminal precedes the ack on the same FIFO ring.
     for (const std::uint64_t id : acks) {
-        (void)SHMCTX_FAULT_POINT("cancel.before_ack");  // kill matrix: terminal out, ack owed
+        (void)SHMCTX_FAULT_POINT(
+            "cancel.before_ack");  // kill matrix: terminal written, unpublished
         (void)ship([&](wire::ControlEncoder& enc) { return enc.cancel_ack(id, true); });
     }
     record_own_cancel();

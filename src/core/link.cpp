@@ -114,7 +114,7 @@ bool Link::attach_peer(const shm::Names& names) {
     if (peer_attached()) return true;
     std::optional<shm::ArenaView> view =
         shm::ArenaView::try_open(names, peer_uid_.uuid, self_.uuid);
-    if (!view) return false;
+    if (!view || view->inode() == ignored_peer_arena_) return false;
     const shm::CarveDescriptor d = control_descriptor();
     if (!view->carved(d)) return false;  // the owner is still carving its control ring
     const std::span<std::byte> body = view->attach(d);
@@ -235,7 +235,10 @@ bool Link::control_readable() const noexcept {
     // The shared words only (no lock): whoever reads takes the lock. After the doorbell was
     // advertised ([wake.storeload] fence in advertise_wake_slot), a record the producer
     // published before it could see the advertisement shows here as tail != head.
-    return peer_attached() && in_->maybe_readable();
+    // A closed ring counts too: its close must be read like a record ([ring.producer_close]
+    // in RingReader::producer_closed), or a close landing before the doorbell was advertised
+    // would wake nobody.
+    return peer_attached() && (in_->maybe_readable() || in_->producer_closed());
 }
 
 }  // namespace shmctx::detail

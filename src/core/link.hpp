@@ -126,6 +126,9 @@ public:
     /// A control record is waiting, or one is being read right now (lock-free: checked in
     /// spin loops, and after advertising, before sleeping).
     bool control_readable() const noexcept;
+    /// The peer's arena with this inode belongs to an earlier link that ended: attach_peer()
+    /// waits for a new one. Before the link is shared.
+    void ignore_peer_arena(ino_t inode) noexcept { ignored_peer_arena_ = inode; }
     /// Writes outbox records while the ring has room; true when the outbox is empty.
     bool flush();
     /// The peer closed its control ring (RingWriter::close in its Link::finish): once we read
@@ -210,6 +213,7 @@ private:
     std::atomic<std::uint64_t> outbox_total_{0};
 
     std::optional<shm::ArenaView> peer_arena_;  // set once by the control loop (attach)
+    std::optional<ino_t> ignored_peer_arena_;   // set before the link is shared
     std::mutex in_mu_;                          // guards in_'s reader state
     std::optional<shm::RingReader> in_;         // set once by the control loop (attach)
     std::atomic<bool> attached_{false};         // [link.attach]

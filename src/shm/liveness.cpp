@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -54,6 +55,9 @@ LivenessWatcher::LivenessWatcher(Heartbeat* own, LivenessCallback callback, Live
     : callback_(std::move(callback)), options_(options), own_(own) {
     if (options_.heartbeat_interval <= Duration::zero()) {
         options_.heartbeat_interval = std::chrono::milliseconds(100);
+    }
+    if (options_.stalled_after > Duration::zero()) {
+        options_.stalled_after = std::max(options_.stalled_after, options_.unresponsive_after);
     }
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) throw SystemError(std::string("epoll_create1: ") + std::strerror(errno));

@@ -46,7 +46,7 @@ using LivenessCallback = std::function<void(const Uuid& peer, LivenessEvent even
 struct LivenessOptions {
     Duration heartbeat_interval = std::chrono::milliseconds(100);
     Duration unresponsive_after = std::chrono::seconds(2);
-    /// Zero: never reported. Else at least unresponsive_after (a smaller value is raised).
+    /// Zero: never reported. Else at least unresponsive_after (a smaller value is raised to it).
     Duration stalled_after = Duration::zero();
 };
 
