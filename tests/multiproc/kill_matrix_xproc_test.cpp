@@ -181,22 +181,33 @@ protected:
 };
 
 /// Receives the victim's 0, 1, 2, ... until PeerDied (which it lets through), checking each
-/// value; `next` counts the messages received.
+/// value and, at the death, that every record the victim published was received (the ring's
+/// own count); `next` counts the messages received.
 void receive_sequence_until_death(Context& ctx, bool with_poller, std::int64_t& next) {
     auto stream = ctx.open_stream();
     Poller poller;
     if (with_poller) poller.add(stream);
-    for (;;) {
-        if (with_poller) {
-            const auto ready = poller.wait(Deadline(kDeadline));
-            if (ready.empty()) {
-                ADD_FAILURE() << "the Poller never woke (after " << next << " messages)";
-                return;
+    const auto check_all_published_received = [&] {
+        const shm::RingCounters c = stream.inbound_counters();
+        EXPECT_EQ(static_cast<std::uint64_t>(next), c.sent)
+            << "published records lost (received " << next << ")";
+    };
+    try {
+        for (;;) {
+            if (with_poller) {
+                const auto ready = poller.wait(Deadline(kDeadline));
+                if (ready.empty()) {
+                    ADD_FAILURE() << "the Poller never woke (after " << next << " messages)";
+                    return;
+                }
             }
+            const Message m = stream.receive();  // PeerDied ends the loop
+            EXPECT_EQ(m.value<std::int64_t>(), next) << "lost or reordered";
+            ++next;
         }
-        const Message m = stream.receive();  // PeerDied ends the loop
-        EXPECT_EQ(m.value<std::int64_t>(), next) << "lost or reordered";
-        ++next;
+    } catch (const PeerDied&) {
+        check_all_published_received();
+        throw;
     }
 }
 
@@ -309,7 +320,9 @@ TEST_P(KillMatrix, SurvivorWakesReclaimsAndTheNameRestarts) {
                 }
             });
             ASSERT_TRUE(wait_until([&] { return sleeping.load(); }, kDeadline));
+            const auto start = Clock::now();
             EXPECT_FALSE(portal.cancel_actor(Deadline(kDeadline))) << "acked by a dead actor?";
+            EXPECT_LT(Clock::now() - start, kDeadline) << "cancel_actor() waited it out";
             holder.join();
             raised = ctx_error;
             break;

@@ -13,10 +13,13 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "context_support.hpp"
@@ -36,18 +39,23 @@ using ::testing::HasSubstr;
 
 constexpr auto kDeadline = 20s;
 constexpr auto kTestLimit = 120s;
+/// unresponsive_timeout of the tests that give up.
+constexpr auto kGiveUpAfter = 2s;
 
 class Unresponsive : public ::testing::Test {
 protected:
-    /// Our view of the peer: unresponsive after 500 ms without a heartbeat (5 of its beats).
+    /// Our view of the peer: unresponsive after 1 s without a heartbeat (10 of its beats: a
+    /// sanitizer build's peer still beats in time).
     ActorOptions options(Duration timeout = Duration::zero()) const {
         ActorOptions o;
         o.ns = guard_.names.ns();
         o.heartbeat_interval = 50ms;
-        o.unresponsive_after = 500ms;
+        o.unresponsive_after = 1s;
         o.unresponsive_timeout = timeout;
         return o;
     }
+
+    const shm::Names& names() const { return guard_.names; }
 
     test::Child spawn_node() {
         test::Child child = test::spawn("actor_node", {guard_.names.ns(), "peer", "server"});
@@ -121,7 +129,7 @@ TEST_F(Unresponsive, StoppedPeerIsReportedAndItsContextCarriesOnWhenItResumes) {
 TEST_F(Unresponsive, TimeoutFailsTheContextWithPeerUnresponsiveAndTheResumedPeerSeesTheClose) {
     test::Child node = spawn_node();
     {
-        Actor self("self", options(1s));
+        Actor self("self", options(kGiveUpAfter));
         Portal portal = self.connect("peer", kDeadline);
         std::optional<Context> handle;
         const auto start = Clock::now();
@@ -140,7 +148,7 @@ TEST_F(Unresponsive, TimeoutFailsTheContextWithPeerUnresponsiveAndTheResumedPeer
             EXPECT_THAT(e.what(), HasSubstr("peer"));
             EXPECT_THAT(e.what(), HasSubstr("unresponsive_timeout"));
         }
-        EXPECT_GE(Clock::now() - start, 1s) << "gave up before unresponsive_timeout";
+        EXPECT_GE(Clock::now() - start, kGiveUpAfter) << "gave up before unresponsive_timeout";
         EXPECT_TRUE(wait_until([&] { return self.links() == 0; }, kDeadline));
         EXPECT_EQ(self.open_contexts(), 0U);
         ASSERT_TRUE(handle.has_value());
@@ -170,6 +178,54 @@ TEST_F(Unresponsive, TimeoutFailsTheContextWithPeerUnresponsiveAndTheResumedPeer
         EXPECT_EQ(
             again.run("add_one", Payload::value(std::int64_t{1}), kDeadline).value<std::int64_t>(),
             2);
+    }
+    quit(node);
+}
+
+// After we gave up on a stopped peer, a new connect() while it is still stopped must not attach
+// its old arena (it lingers until the peer notices the end): once the peer resumes and drops
+// its end, the new link comes up with its new arena and serves (protocol.md §12 R6).
+TEST_F(Unresponsive, AfterGivingUpAConnectWaitsForTheResumedPeersNewArena) {
+    test::Child node = spawn_node();
+    {
+        Actor self("self", options(kGiveUpAfter));
+        Portal portal = self.connect("peer", kDeadline);
+        EXPECT_EQ(
+            portal.run("add_one", Payload::value(std::int64_t{1}), kDeadline).value<std::int64_t>(),
+            2);
+        node.kill(SIGSTOP);
+        ASSERT_TRUE(wait_until([&] { return self.links() == 0; }, kDeadline))
+            << "never gave up on the stopped peer";
+        std::optional<Portal> again;
+        std::exception_ptr failed;
+        std::atomic<pid_t> connecting{0};
+        std::jthread connecter([&] {
+            connecting = test::current_tid();
+            try {
+                again.emplace(self.connect("peer", kDeadline));
+            } catch (...) {
+                failed = std::current_exception();
+            }
+        });
+        // Resume the peer once our connect waits for it (its link made, our control loop
+        // looking for the peer's arena, where only the old one is).
+        EXPECT_TRUE(wait_until(
+            [&] {
+                const pid_t tid = connecting.load();
+                if (tid == 0 || test::thread_state(tid) != 'S') return false;
+                for (const auto& arena : names().list("link")) {
+                    if (arena.starts_with(self.uid().uuid.to_hex())) return true;  // ours, new
+                }
+                return false;
+            },
+            kDeadline));
+        node.kill(SIGCONT);
+        connecter.join();
+        ASSERT_EQ(failed, nullptr) << "connect after the give-up failed";
+        ASSERT_TRUE(again.has_value());
+        EXPECT_EQ(
+            again->run("add_one", Payload::value(std::int64_t{2}), kDeadline).value<std::int64_t>(),
+            3);
     }
     quit(node);
 }
