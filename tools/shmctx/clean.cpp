@@ -3,6 +3,7 @@
 // docs/protocol.d/cli.md "What clean removes".
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <optional>
 #include <set>
@@ -115,7 +116,14 @@ int run_clean(std::span<const std::string_view> args) {
             const shm::Names names(ns, euid);
             r.report = shm::reclaim_stale(names, dry_run);
             for (const auto& object : r.report.removed) {
-                if (auto actor = actor_of(names, object)) r.dead_actors.insert(std::move(*actor));
+                auto actor = actor_of(names, object);
+                if (!actor) continue;
+                // Only its stale actor file went: a live creator's segment was kept (noted).
+                const std::string kept = "kept '" + names.actor_segment(*actor) + "'";
+                const bool live =
+                    std::any_of(r.report.notes.begin(), r.report.notes.end(),
+                                [&](const std::string& note) { return note.rfind(kept, 0) == 0; });
+                if (!live) r.dead_actors.insert(std::move(*actor));
             }
         } catch (const Error& e) {
             r.error = e.what();

@@ -392,7 +392,7 @@ void print_text(const std::vector<Row>& rows, const std::vector<std::string>& sk
             if (row.links) {
                 for (const auto& l : *row.links) {
                     if (l.problem)
-                        std::printf("  ! arena %s: %s\n", l.arena.c_str(),
+                        std::printf("  ! arena %s: %s\n", printable(l.arena).c_str(),
                                     printable(*l.problem).c_str());
                 }
             }
