@@ -448,10 +448,7 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
     } catch (...) {
         // A record it left corrupt: its death is the outcome all the same.
     }
-    link_lost(
-        link, LinkState::dead,
-        std::make_exception_ptr(PeerDied("actor " + link->peer().to_string() + " (pid " +
-                                         std::to_string(link->peer_actor().pid()) + ") died")));
+    link_lost(link, LinkState::dead, std::make_exception_ptr(PeerDied(who + " died")));
     // The dead actor cannot remove its objects; we have the kernel's word that it is gone, so
     // nobody needs `shmctx clean` for it (DESIGN.md §4.7). A restarted actor of that name has
     // its lock and is left alone. Our mappings of its segment and arena stay valid.
