@@ -107,10 +107,21 @@ void jitter() noexcept {
     ::nanosleep(&pause, nullptr);
 }
 
+std::deque<FaultSpec>& specs_of_process() {
+    static std::deque<FaultSpec>* const specs = parse_env();
+    return *specs;
+}
+
 }  // namespace
 
+bool fault_point_armed(const char* name) noexcept {
+    const std::deque<FaultSpec>& specs = specs_of_process();
+    return std::any_of(specs.begin(), specs.end(),
+                       [&](const FaultSpec& spec) { return spec.name == name; });
+}
+
 bool fault_point(const char* name) noexcept {
-    static std::deque<FaultSpec>* const specs = parse_env();
+    std::deque<FaultSpec>* const specs = &specs_of_process();
     // Every item for this point counts every hit (so "p=corrupt@1,p=kill@2" means hits 1 and 2
     // of p); the first item that fires on this hit decides.
     const FaultSpec* fires = nullptr;

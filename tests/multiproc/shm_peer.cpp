@@ -4,6 +4,7 @@
 //
 //   fault <point> <hits>            hit SHMCTX_FAULT_POINT(<point>) <hits> times, printing
 //                                   "before <i>" and "hit <i> corrupt=<0|1>" around each
+//   armed <point>                   prints "armed=<0|1>" (shm::fault_point_armed; no hit)
 //   exhaust <ns>                    private mount namespace with a 1 MiB tmpfs on /dev/shm:
 //                                   create and allocate beyond it (prints "skip ..." and exits
 //                                   0 when unshare/mount are not permitted)
@@ -200,6 +201,10 @@ int main(int argc, char** argv) {
         const std::string& mode = args[0];
         if (mode == "fault" && args.size() == 3) {
             return run_fault(args[1], static_cast<unsigned>(std::stoul(args[2])));
+        }
+        if (mode == "armed" && args.size() == 2) {
+            say(std::string("armed=") + (shm::fault_point_armed(args[1].c_str()) ? "1" : "0"));
+            return 0;
         }
         if (mode == "exhaust" && args.size() == 2) return run_exhaust(args[1]);
         if (mode == "pingpong" && args.size() == 5) {

@@ -303,6 +303,20 @@ TEST_F(FaultPoint, KillAtNDiesAtTheNthHitOnly) {
         << join(lines);
 }
 
+TEST_F(FaultPoint, ArmedTellsWhetherAPointIsConfiguredWithoutCountingAHit) {
+    const auto armed = [&](const std::string& spec, const std::string& point) {
+        child_ = test::spawn("shm_peer", {"armed", point}, {"SHMCTX_FAULT=" + spec});
+        const auto line = child_.read_line(5s);
+        (void)child_.wait(10s);
+        return line.value_or("no answer: " + child_.describe());
+    };
+    EXPECT_EQ(armed("p.one=kill@3", "p.one"), "armed=1");
+    EXPECT_EQ(armed("p.one=kill@3", "p.two"), "armed=0");
+    EXPECT_EQ(armed("", "p.one"), "armed=0");
+    // No hit counted: the kill on the first hit did not fire.
+    EXPECT_EQ(armed("p.one=kill", "p.one"), "armed=1");
+}
+
 TEST_F(FaultPoint, AbortRaisesSigabrt) {
     std::optional<int> st;
     const auto lines = run("p.one=abort@2", "p.one", 3, &st);

@@ -24,6 +24,10 @@ namespace shmctx::shm {
 /// kill, stall and abort do not return.
 bool fault_point(const char* name) noexcept;
 
+/// True when SHMCTX_FAULT names `name` (whatever its action): a call site whose fault needs a
+/// slower shape of the code (a record written in two halves) takes it only then.
+bool fault_point_armed(const char* name) noexcept;
+
 /// True when this build has fault points compiled in.
 constexpr bool fault_points_enabled() noexcept {
 #if defined(SHMCTX_FAULT_POINTS)
