@@ -1465,7 +1465,11 @@ TEST_F(CancelTest, ACancelCuttingTheParentsSpillFlushRaisesFromCloseAndNeverEnds
                 return tid != 0 && thread_state(tid) == 'S';
             },
             kDeadline));
-        tx.cancel();
+        tx.cancel();  // asynchronous: it reaches the body's scope a moment later
+        // The receiver starts reading only once the cut is seen: opened earlier, it could drain
+        // the spill before the cancel lands, and the close would (rightly) end normally.
+        EXPECT_TRUE(test::wait_until([&] { return close_raised.load(); }, kDeadline))
+            << "close() never raised";
         sink.gate = true;
     });
     bool cancelled = false;
