@@ -1,7 +1,5 @@
 #include "core/actor_core.hpp"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <system_error>
@@ -20,13 +18,6 @@ namespace {
 
 /// Records per control ring per pass: a busy link cannot starve the others.
 constexpr std::size_t kRecordsPerPass = 256;
-
-/// Inode of the /dev/shm object `name`; nullopt once it is gone.
-std::optional<ino_t> shm_inode(const std::string& name) {
-    struct stat st {};
-    if (::stat(shm::shm_path(name).c_str(), &st) != 0) return std::nullopt;
-    return st.st_ino;
-}
 
 wire::ContextSettings settings_of(const wire::fb::ContextOptions* o) {
     wire::ContextSettings s;
@@ -332,7 +323,7 @@ void ActorCore::scan_links() {
         if (ended) {
             // That arena stays ignored (it lingers until the peer notices the end); another
             // object under the name is the peer linking afresh. stat() outside mu_.
-            const std::optional<ino_t> ino = shm_inode(names_.prefix() + "link." + entry);
+            const std::optional<ino_t> ino = shm::object_inode(names_.prefix() + "link." + entry);
             if (!ino || *ino == *ended) continue;
         }
         // Its name: the published segment that says it is `owner`. A scan, but only when a
@@ -368,9 +359,9 @@ void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
     // one we attached, else whatever is under its name now (the peer may have made it while
     // we never attached it); none: nothing to ignore. stat() before mu_.
     const shm::ArenaView* theirs = link->peer_attached() ? link->peer_arena() : nullptr;
-    const std::optional<ino_t> ended = theirs != nullptr
-                                           ? std::optional<ino_t>(theirs->inode())
-                                           : shm_inode(names_.arena(link->peer().uuid, uid_.uuid));
+    const std::optional<ino_t> ended =
+        theirs != nullptr ? std::optional<ino_t>(theirs->inode())
+                          : shm::object_inode(names_.arena(link->peer().uuid, uid_.uuid));
     std::vector<std::shared_ptr<ContextState>> affected;
     {
         const std::lock_guard lock(mu_);

@@ -99,12 +99,6 @@ bool same_inode(int fd, const std::string& path) {
     return by_fd.st_ino == by_path.st_ino && by_fd.st_dev == by_path.st_dev;
 }
 
-std::optional<ino_t> path_inode(const std::string& path) {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
-    return st.st_ino;
-}
-
 /// The part of a listed "tmp" entry ("<name>.<uuid>") before the dot.
 std::string_view tmp_actor(std::string_view entry) { return entry.substr(0, entry.find('.')); }
 
@@ -142,7 +136,7 @@ bool creator_alive(const Names& names, std::string_view name) {
 
 void remove_object(const std::string& object, bool dry_run, ReclaimReport& report) {
     if (dry_run) {
-        if (path_inode(shm_path(object))) report.removed.push_back(object);
+        if (object_inode(object)) report.removed.push_back(object);
         return;
     }
     if (Segment::remove(object)) report.removed.push_back(object);
@@ -391,7 +385,7 @@ std::optional<PeerActor> try_open_peer(const Names& names, std::string_view name
         }
         // Verified against the lock: still held, the name still names the inode we probed, and
         // the segment under the name is still the one we mapped (not a successor's).
-        const auto seg_ino = path_inode(shm_path(seg->published_name()));
+        const auto seg_ino = object_inode(seg->published_name());
         if (!lock_held(lock_fd) || !same_inode(lock_fd, file_path) || !seg_ino ||
             *seg_ino != seg->segment().inode()) {
             reason = "it changed while we verified it (dead or replaced)";
@@ -479,7 +473,7 @@ ReclaimReport reclaim_stale(const Names& names, bool dry_run) {
         }
         // Not published (being built): its uuid is in its tmp names. Else it owns no arena
         // yet, unless its segment is unreadable (another version): then we cannot tell.
-        if (path_inode(shm_path(names.actor_segment(name)))) live_unknown = true;
+        if (object_inode(names.actor_segment(name))) live_unknown = true;
         for (auto& e : names.list("tmp")) {
             Uuid u;
             if (tmp_actor(e) == name && Uuid::parse_hex(e.substr(e.find('.') + 1), u)) {
@@ -496,7 +490,7 @@ ReclaimReport reclaim_stale(const Names& names, bool dry_run) {
             continue;
         }
         const std::string file_name = names.actor_file(name);
-        const bool had_file = path_inode(shm_path(file_name)).has_value();
+        const bool had_file = object_inode(file_name).has_value();
         // One entry that cannot be probed or claimed (e.g. planted by another user in the
         // world-writable /dev/shm) must not stop the sweep of every name after it.
         try {

@@ -1,6 +1,7 @@
 #include "shmctx/shm/names.hpp"
 
 #include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,6 +77,12 @@ std::vector<std::string> Names::list(std::string_view kind) const {
 
 std::string shm_path(std::string_view name) {
     return std::string(kShmDir) + "/" + std::string(name);
+}
+
+std::optional<ino_t> object_inode(std::string_view name) {
+    struct stat st {};
+    if (::stat(shm_path(name).c_str(), &st) != 0) return std::nullopt;
+    return st.st_ino;
 }
 
 }  // namespace shmctx::shm

@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,5 +60,9 @@ private:
 
 /// "/dev/shm/<name>".
 std::string shm_path(std::string_view name);
+
+/// Inode of the /dev/shm object `name`; nullopt when there is none. An object created again
+/// under the same name has another inode.
+std::optional<ino_t> object_inode(std::string_view name);
 
 }  // namespace shmctx::shm
