@@ -93,6 +93,10 @@ struct SpawnOptions {
     int stdin_fd = -1;
     int stdout_fd = -1;
     int stderr_fd = -1;
+    /// Further descriptors of ours to install in the child as fd 3, 4, ... in this order (the
+    /// child's copies are not close-on-exec; ours stay open and are the caller's to close).
+    /// With close_other_fds, every descriptor above them is closed in the child.
+    std::vector<int> pass_fds;
     /// Pass our environment (minus SHMCTX_PARENT_PID and the names env_extra sets).
     bool inherit_environment = true;
     /// Close every descriptor >= 3 in the child (after the dup2s). Every fd the library opens is

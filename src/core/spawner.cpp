@@ -289,7 +289,22 @@ void Spawner::perform(Request& r) noexcept {
     for (const auto& [from, to] : redirects) {
         if (rc == 0 && from >= 0) rc = ::posix_spawn_file_actions_adddup2(&fa, from, to);
     }
-    if (rc == 0 && o.close_other_fds) rc = ::posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    // pass_fds[i] becomes fd 3 + i. Through a staging range above every source and target
+    // first: a direct dup2 onto 3 + i could overwrite a source still to be passed.
+    const int passed = static_cast<int>(o.pass_fds.size());
+    int staging = 3 + passed;
+    for (const int fd : o.pass_fds) staging = std::max(staging, fd + 1);
+    for (int i = 0; rc == 0 && i < passed; ++i) {
+        rc = ::posix_spawn_file_actions_adddup2(&fa, o.pass_fds[static_cast<std::size_t>(i)],
+                                                staging + i);
+    }
+    for (int i = 0; rc == 0 && i < passed; ++i) {
+        rc = ::posix_spawn_file_actions_adddup2(&fa, staging + i, 3 + i);
+        if (rc == 0) rc = ::posix_spawn_file_actions_addclose(&fa, staging + i);
+    }
+    if (rc == 0 && o.close_other_fds) {
+        rc = ::posix_spawn_file_actions_addclosefrom_np(&fa, 3 + passed);
+    }
     if (rc != 0) {
         r.err = rc;
         r.failed_call = "posix_spawn setup";
@@ -326,6 +341,12 @@ ChildProcess Spawner::spawn(const std::string& exe, const std::vector<std::strin
                             const std::vector<std::string>& env_extra,
                             const SpawnOptions& options) {
     if (exe.empty()) throw SpawnError(EINVAL, "spawn: empty executable path");
+    for (const int fd : options.pass_fds) {
+        if (fd < 0 || ::fcntl(fd, F_GETFD) < 0) {
+            throw SpawnError(EBADF, "spawn " + exe + ": pass_fds has " + std::to_string(fd) +
+                                        ", which is not an open descriptor");
+        }
+    }
     check_sigchld_not_ignored();
 
     // Build argv and envp here, on the caller's thread: the worker only spawns.
