@@ -54,6 +54,8 @@ enum class Errc : int {
     lagged,              ///< a stream subscriber fell behind the fan-out buffer and lost messages
     peer_unresponsive,   ///< the peer showed no heartbeat for unresponsive_timeout, a
                          ///< transport_closed
+    actor_failed,        ///< a child actor process failed to start, or ended on its own
+    error_group,         ///< several errors raised together (an ActorNursery's children)
 };
 
 const std::error_category& error_category() noexcept;
@@ -183,6 +185,29 @@ class PeerUnresponsive : public TransportClosed {
 public:
     explicit PeerUnresponsive(const std::string& what)
         : TransportClosed(Errc::peer_unresponsive, what) {}
+};
+
+/// A child actor of an ActorNursery failed to start (its setup threw, it did not become ready
+/// in time, its executable could not be spawned) or its process ended before the nursery asked
+/// it to (a crash, an exit of its own). The text names the actor, its executable, its pid and
+/// how it ended ("killed by signal 11 (SIGSEGV)").
+class ActorFailed : public Error {
+public:
+    explicit ActorFailed(const std::string& what) : Error(Errc::actor_failed, what) {}
+};
+
+/// Several errors raised together: the failures of an ActorNursery's children (and of its body),
+/// one per failed actor, in the order they happened (tractor's exception group). A single
+/// failure is raised alone, never wrapped. Errors are not copied: errors() holds the originals.
+class ErrorGroup : public Error {
+public:
+    /// `what`: the headline ("3 errors in the nursery of root@1a2b3c4d"); each error's what()
+    /// is appended on its own line.
+    ErrorGroup(const std::string& what, std::vector<std::exception_ptr> errors);
+    const std::vector<std::exception_ptr>& errors() const noexcept { return errors_; }
+
+private:
+    std::vector<std::exception_ptr> errors_;
 };
 
 /// Which limit a StreamOverrun hit (DESIGN.md §4.9).

@@ -33,6 +33,26 @@ Lagged::Lagged(std::uint64_t missed)
                               (missed == 1 ? " message" : " messages")),
       missed_(missed) {}
 
+namespace {
+std::string group_text(const std::string& headline, const std::vector<std::exception_ptr>& errors) {
+    std::string text = headline;
+    for (std::size_t i = 0; i < errors.size(); ++i) {
+        text += "\n  [" + std::to_string(i + 1) + "] ";
+        try {
+            std::rethrow_exception(errors[i]);
+        } catch (const std::exception& e) {
+            text += e.what();
+        } catch (...) {
+            text += "(not a std::exception)";
+        }
+    }
+    return text;
+}
+}  // namespace
+
+ErrorGroup::ErrorGroup(const std::string& what, std::vector<std::exception_ptr> errors)
+    : Error(Errc::error_group, group_text(what, errors)), errors_(std::move(errors)) {}
+
 std::string_view to_string(OverrunLimit limit) noexcept {
     switch (limit) {
         case OverrunLimit::messages:
@@ -167,6 +187,8 @@ public:
         add(typeid(PeerUnresponsive), "PeerUnresponsive");
         add(typeid(StreamOverrun), "StreamOverrun");
         add(typeid(Lagged), "Lagged");
+        add(typeid(ActorFailed), "ActorFailed");
+        add(typeid(ErrorGroup), "ErrorGroup");
         add(typeid(RemoteActorError), "RemoteActorError");
         add(typeid(ContextCancelled), "ContextCancelled");
     }

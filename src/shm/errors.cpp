@@ -54,6 +54,10 @@ public:
                 return "lagged";
             case Errc::peer_unresponsive:
                 return "peer unresponsive";
+            case Errc::actor_failed:
+                return "actor failed";
+            case Errc::error_group:
+                return "several errors";
         }
         return "unknown shmctx error";
     }
