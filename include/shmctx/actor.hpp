@@ -225,6 +225,7 @@ public:
     std::size_t links() const;
 
 private:
+    friend class ActorNursery;
     std::shared_ptr<detail::ActorCore> core_;
 };
 

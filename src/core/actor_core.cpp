@@ -80,6 +80,12 @@ void ActorCore::start() {
     loop_ = std::thread([this] { control_loop(); });
 }
 
+Spawner& ActorCore::supervisor() {
+    const std::lock_guard lock(supervisor_mu_);
+    if (!supervisor_) supervisor_ = std::make_unique<Spawner>();
+    return *supervisor_;
+}
+
 void ActorCore::shutdown() {
     {
         const std::lock_guard lock(mu_);

@@ -40,6 +40,7 @@
 #include "shmctx/shm/liveness.hpp"
 #include "shmctx/shm/names.hpp"
 #include "shmctx/shm/wake.hpp"
+#include "shmctx/spawner.hpp"
 #include "shmctx/wire/codec.hpp"
 
 namespace shmctx::detail {
@@ -114,6 +115,10 @@ public:
     shm::WakeSlotAllocator& slots() noexcept { return slots_; }
     CancelScope& root_scope() noexcept { return root_scope_; }
     CancellerThread& canceller() noexcept { return canceller_; }
+    /// The actor's supervisor thread, which spawns its child actors (started on first use). It
+    /// lives as long as the actor core, and the children's PDEATHSIG follows it (DESIGN.md §6),
+    /// so a nursery keeps the core alive until its children are reaped.
+    Spawner& supervisor();
 
     void expose(std::string fn, Endpoint endpoint, ExposeOptions options);
     /// A link to `peer_name` that is up, creating it if needed (waits up to `deadline`).
@@ -278,6 +283,8 @@ private:
     bool drainer_stopped_ = false;
     std::optional<shm::LivenessWatcher> watcher_;
     std::thread loop_;
+    std::mutex supervisor_mu_;  // guards supervisor_ (its creation)
+    std::unique_ptr<Spawner> supervisor_;
 };
 
 inline HelperScope::HelperScope(ActorCore& core) noexcept : core_(core) { core_.helping(true); }
