@@ -470,7 +470,10 @@ void NurseryState::result_done(const std::shared_ptr<NurseryChild>& child,
 
 void NurseryState::reap_locked(NurseryChild& c) {
     if (c.status) return;
+    // Deregister before reaping: wait() closes the pidfd, and its number may at once be reused
+    // by another thread's open(), which a late EPOLL_CTL_DEL would then hit.
     const int pidfd = c.proc.pidfd();
+    (void)::epoll_ctl(epfd_, EPOLL_CTL_DEL, pidfd, nullptr);
     std::optional<ExitStatus> st;
     try {
         st = c.proc.wait(Deadline(Clock::now()));  // never blocks
@@ -480,8 +483,15 @@ void NurseryState::reap_locked(NurseryChild& c) {
                      e.what());
         st = ExitStatus::exited(-1);
     }
-    if (!st) return;
-    (void)::epoll_ctl(epfd_, EPOLL_CTL_DEL, pidfd, nullptr);  // wait() closed it: no-op then
+    if (!st) {
+        // Readable but not reapable yet (cannot happen: a pidfd is readable once its process
+        // has exited): watch it again.
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.ptr = &c;
+        (void)::epoll_ctl(epfd_, EPOLL_CTL_ADD, pidfd, &ev);
+        return;
+    }
     c.status = st;
     if (!st->success()) sweep_ = true;
     if (!c.stop_requested) {
