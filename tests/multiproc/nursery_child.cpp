@@ -1,7 +1,8 @@
 // nursery_child: a child actor executable for the supervision tests (issue 8). Its main is
 // shmctx::run_actor, as a user's child actor's would be; a nursery names it.
 //
-// Usage: nursery_child [--exit-log FILE] [--fail-setup] [--hang-setup]
+// Usage: nursery_child [--version | --exit-log FILE | --fail-setup | --hang-setup]
+//   --version        exit 0 at once (the spawn floor of bench/nursery_spawn.cpp)
 //   --exit-log FILE  append "exit <name> <code>" to FILE when run_actor has returned
 //   --fail-setup     setup throws std::runtime_error("setup refused")
 //   --hang-setup     setup sleeps 60 s (a child that never becomes ready)
@@ -103,6 +104,9 @@ int main(int argc, char** argv) {
     bool hang_setup = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
+        if (a == "--version") {
+            return 0;  // the process-spawn floor of shmctx_bench_nursery: start, do nothing
+        }
         if (a == "--exit-log" && i + 1 < argc) {
             exit_log = argv[++i];
         } else if (a == "--fail-setup") {

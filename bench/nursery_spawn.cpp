@@ -1,0 +1,108 @@
+// Spawn-to-ready of a child actor (issue 8's bar): what ActorNursery::start_actor costs a
+// supervisor, and what leaving the nursery (cancel, exit, reap) costs, beside the floor of the
+// same machine measured in the same run: posix_spawn of the same executable until it exits
+// with nothing to do (Spawner::spawn + ChildProcess::wait of `nursery_child --version`).
+//
+//   shmctx_bench_nursery [rounds=100] [path/to/nursery_child]
+//
+// Each round opens a nursery, times start_actor (spawn, run_actor's claim and setup, the ready
+// line, connect), one run of the child's "do_nothing" endpoint, and the nursery's exit (the
+// child's cancel acked, its exit and reaping). Prints p50/p90/max in ms for each, and the
+// ratio of start_actor's p50 to the floor's p50. Exits 1 if a round fails.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "namespace_guard.hpp"
+#include "process.hpp"
+#include "shmctx/actor.hpp"
+#include "shmctx/nursery.hpp"
+#include "shmctx/spawner.hpp"
+
+using namespace shmctx;
+using namespace std::chrono_literals;
+
+namespace {
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+struct Series {
+    const char* name;
+    std::vector<double> ms;
+    double p50() {
+        std::sort(ms.begin(), ms.end());
+        return ms[ms.size() / 2];
+    }
+    void print() {
+        std::sort(ms.begin(), ms.end());
+        const auto pct = [&](double p) {
+            return ms[std::min(ms.size() - 1,
+                               static_cast<std::size_t>(p * static_cast<double>(ms.size())))];
+        };
+        std::printf("%-26s n=%zu p50_ms=%.3f p90_ms=%.3f max_ms=%.3f\n", name, ms.size(), pct(0.50),
+                    pct(0.90), ms.back());
+    }
+};
+
+int run(std::size_t rounds, const std::string& child_exe) {
+    test::NamespaceGuard guard("bench-nursery");
+    ActorOptions options;
+    options.ns = guard.names.ns();
+    Actor root("root", options);
+    Series floor{"spawn_to_exit_floor", {}};
+    Series start{"start_actor_spawn_to_ready", {}};
+    Series first_call{"first_run_round_trip", {}};
+    Series leave{"nursery_exit_cancel_reap", {}};
+    Spawner spawner;
+    for (std::size_t i = 0; i < rounds; ++i) {
+        // Interleaved with the measured rounds, so both see the same machine state.
+        auto t0 = Clock::now();
+        ChildProcess p = spawner.spawn(child_exe, {"--version"});
+        const auto st = p.wait(Deadline(10s));
+        if (!st || !st->success()) {
+            std::fprintf(stderr, "floor round %zu: %s\n", i, p.describe().c_str());
+            return 1;
+        }
+        floor.ms.push_back(ms_between(t0, Clock::now()));
+
+        Clock::time_point body_end{};
+        open_nursery(root, [&](ActorNursery& an) {
+            const auto s0 = Clock::now();
+            Portal portal = an.start_actor("child", child_exe);
+            const auto s1 = Clock::now();
+            (void)portal.run("do_nothing", {}, 10s);
+            const auto s2 = Clock::now();
+            start.ms.push_back(ms_between(s0, s1));
+            first_call.ms.push_back(ms_between(s1, s2));
+            body_end = Clock::now();
+        });
+        leave.ms.push_back(ms_between(body_end, Clock::now()));
+    }
+    floor.print();
+    start.print();
+    first_call.print();
+    leave.print();
+    std::printf("start_actor_p50 / spawn_floor_p50 = %.2f\n", start.p50() / floor.p50());
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const std::size_t rounds = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 100;
+    const std::string exe = argc > 2 ? argv[2] : test::sibling_binary("../tests/nursery_child");
+    try {
+        return run(std::max<std::size_t>(rounds, 1), exe);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "shmctx_bench_nursery: %s\n", e.what());
+        return 1;
+    }
+}
