@@ -1,7 +1,7 @@
 // Spawn-to-ready of a child actor (issue 8's bar): what ActorNursery::start_actor costs a
 // supervisor, and what leaving the nursery (cancel, exit, reap) costs, beside the floor of the
-// same machine measured in the same run: posix_spawn of the same executable until it exits
-// with nothing to do (Spawner::spawn + ChildProcess::wait of `nursery_child --version`).
+// same machine measured in the same run: posix_spawn of the same executable until its main
+// has run and written a line (Spawner::spawn of `nursery_child --version`, read on a pipe).
 //
 //   shmctx_bench_nursery [rounds=100] [path/to/nursery_child]
 //
@@ -9,6 +9,7 @@
 // line, connect), one run of the child's "do_nothing" endpoint, and the nursery's exit (the
 // child's cancel acked, its exit and reaping). Prints p50/p90/max in ms for each, and the
 // ratio of start_actor's p50 to the floor's p50. Exits 1 if a round fails.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -57,21 +59,30 @@ int run(std::size_t rounds, const std::string& child_exe) {
     ActorOptions options;
     options.ns = guard.names.ns();
     Actor root("root", options);
-    Series floor{"spawn_to_exit_floor", {}};
+    Series floor{"spawn_to_main_floor", {}};
     Series start{"start_actor_spawn_to_ready", {}};
     Series first_call{"first_run_round_trip", {}};
     Series leave{"nursery_exit_cancel_reap", {}};
     Spawner spawner;
     for (std::size_t i = 0; i < rounds; ++i) {
         // Interleaved with the measured rounds, so both see the same machine state.
+        int out[2];
+        if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+        SpawnOptions so;
+        so.stdout_fd = out[1];
         auto t0 = Clock::now();
-        ChildProcess p = spawner.spawn(child_exe, {"--version"});
+        ChildProcess p = spawner.spawn(child_exe, {"--version"}, {}, so);
+        ::close(out[1]);
+        char c = 0;
+        const bool said = ::read(out[0], &c, 1) == 1;  // its first output byte: it runs
+        const auto t1 = Clock::now();
+        ::close(out[0]);
         const auto st = p.wait(Deadline(10s));
-        if (!st || !st->success()) {
+        if (!said || !st || !st->success()) {
             std::fprintf(stderr, "floor round %zu: %s\n", i, p.describe().c_str());
             return 1;
         }
-        floor.ms.push_back(ms_between(t0, Clock::now()));
+        floor.ms.push_back(ms_between(t0, t1));
 
         Clock::time_point body_end{};
         open_nursery(root, [&](ActorNursery& an) {

@@ -2,7 +2,7 @@
 // shmctx::run_actor, as a user's child actor's would be; a nursery names it.
 //
 // Usage: nursery_child [--version | --exit-log FILE | --fail-setup | --hang-setup]
-//   --version        exit 0 at once (the spawn floor of bench/nursery_spawn.cpp)
+//   --version        print a line and exit 0 (the spawn floor of bench/nursery_spawn.cpp)
 //   --exit-log FILE  append "exit <name> <code>" to FILE when run_actor has returned
 //   --fail-setup     setup throws std::runtime_error("setup refused")
 //   --hang-setup     setup sleeps 60 s (a child that never becomes ready)
@@ -105,7 +105,8 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--version") {
-            return 0;  // the process-spawn floor of shmctx_bench_nursery: start, do nothing
+            std::puts("nursery_child");  // the process-spawn floor of shmctx_bench_nursery
+            return 0;
         }
         if (a == "--exit-log" && i + 1 < argc) {
             exit_log = argv[++i];
