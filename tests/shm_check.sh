@@ -40,7 +40,19 @@ if [ "$mode" = check ] && [ -n "$build_dir" ]; then
     fi
 fi
 
-left=(/dev/shm/shmctx."$(id -u)".test-*)
+# Objects of a namespace "test-<pid>-..." (test::unique_ns) whose test process still runs belong
+# to another test run working in parallel (another build tree, a developer's run): neither
+# removed nor counted. Every other test object is this run's, or an earlier aborted run's.
+prefix=/dev/shm/shmctx."$(id -u)".
+left=()
+for object in "$prefix"test-*; do
+    ns=${object#"$prefix"}
+    ns=${ns%%.*}
+    if [[ "$ns" =~ ^test-([0-9]+)- ]] && [ -d "/proc/${BASH_REMATCH[1]}" ]; then
+        continue
+    fi
+    left+=("$object")
+done
 if [ ${#left[@]} -eq 0 ]; then
     echo "no test objects in /dev/shm"
     exit $status
