@@ -17,10 +17,11 @@
 //  - Leaving the body normally waits for every run_in_actor result, then cancels the long-lived
 //    children (Portal::cancel_actor, with our actor as canceller) and reaps them all.
 //  - The body throwing cancels every child at once and reaps them; its exception propagates.
-//  - ActorNursery::cancel() (or NurseryOptions::deadline) cancels every child and the body's
-//    cancel scope: a blocking call of the body raises shmctx::Cancelled, which the nursery
-//    absorbs (NurseryResult::cancelled_caught). A cancel of an enclosing scope (Actor::cancel(),
-//    an outer context's cancel) tears the children down the same way and propagates.
+//  - ActorNursery::cancel() (or NurseryOptions::deadline) cancels the body's cancel scope: a
+//    blocking call of the body raises shmctx::Cancelled, which the nursery absorbs
+//    (NurseryResult::cancelled_caught), and the children are torn down as the body leaves. A
+//    cancel of an enclosing scope (Actor::cancel(), an outer context's cancel) does the same
+//    and propagates.
 //  - Failures are collected and raised when the nursery ends: a run_in_actor function's error
 //    (a RemoteActorError with the original type), a child that failed to start or whose process
 //    ended before the nursery asked it to (ActorFailed, naming how it ended). One failure is
@@ -28,9 +29,11 @@
 //    A failure does not interrupt the body or its siblings (tractor's nursery; the spec's
 //    "multiple failures" cases depend on it).
 //  - Every child is reaped (by pidfd, never waitpid(-1)) before open_nursery returns: a child
-//    that does not exit within NurseryOptions::cancel_timeout of its cancel is SIGKILLed (and a
-//    line says so on stderr). A parent killed with SIGKILL takes its children with it: each
-//    child's PDEATHSIG follows the supervisor thread that spawned it.
+//    that does not answer its cancel gets SIGTERM, then SIGKILL (see cancel_timeout; a line
+//    says so on stderr). A parent killed with SIGKILL takes its children with it: each child's
+//    PDEATHSIG follows the supervisor thread that spawned it.
+//  - Each child runs in a process group of its own: a terminal's Ctrl-C reaches the parent only
+//    (run_actor turns it into the actor's cancel), which then tears its children down in order.
 #pragma once
 
 #include <sys/types.h>
@@ -62,10 +65,12 @@ inline constexpr const char* kActorNameEnv = "SHMCTX_ACTOR_NAME";
 inline constexpr const char* kReadyFdEnv = "SHMCTX_READY_FD";
 
 struct NurseryOptions {
-    /// How long start_actor/run_in_actor wait for a child to become ready (spawned, its actor
-    /// claimed, run_actor's setup done).
+    /// How long start_actor/run_in_actor wait for a child to become ready and linked (spawned,
+    /// its actor claimed, run_actor's setup done, connected): one deadline for all of it.
     Duration start_timeout = std::chrono::seconds(10);
-    /// How long a cancelled child has to acknowledge and exit before it is SIGKILLed.
+    /// How long a cancelled child has to acknowledge its cancel (else it gets SIGTERM), and then
+    /// as long again to exit (else SIGKILL). A child that runs a nursery of its own tears that
+    /// down before it acknowledges: give a parent of a deep tree enough for its subtree.
     Duration cancel_timeout = std::chrono::seconds(2);
     /// The nursery cancels itself here (trio's move_on_after around the nursery): the body is
     /// cancelled, every child torn down, and open_nursery returns with cancelled_caught.
@@ -143,9 +148,9 @@ public:
                              PayloadView fn_args = {}, const std::vector<std::string>& args = {},
                              const ChildOptions& options = {});
 
-    /// Cancels the nursery: every child is cancelled (with our actor as canceller) and reaped,
-    /// and the body's scope is cancelled. Never blocks long (the teardown runs on the nursery's
-    /// own thread); idempotent.
+    /// Cancels the nursery: the body's scope is cancelled (its blocking calls raise
+    /// shmctx::Cancelled, which the nursery absorbs), and as the body leaves, every child is
+    /// cancelled (with our actor as canceller) and reaped. Never blocks; idempotent; any thread.
     void cancel();
     /// cancel() was called, or the deadline passed.
     bool cancel_called() const noexcept;

@@ -31,7 +31,8 @@ struct RunActorOptions {
     ActorOptions actor;
     /// Turn SIGINT and SIGTERM into Actor::cancel(). They are blocked in the calling thread
     /// first, so call run_actor before starting any thread (threads inherit the mask), or
-    /// block them in every thread yourself.
+    /// block them in every thread yourself. The calling thread's mask is restored when
+    /// run_actor returns (a signal that arrived while the actor was closing is discarded).
     bool handle_signals = true;
 };
 

@@ -97,6 +97,10 @@ struct SpawnOptions {
     /// child's copies are not close-on-exec; ours stay open and are the caller's to close).
     /// With close_other_fds, every descriptor above them is closed in the child.
     std::vector<int> pass_fds;
+    /// Start the child in a process group of its own (POSIX_SPAWN_SETPGROUP): a terminal's
+    /// Ctrl-C (SIGINT to the foreground group) then reaches only us, and we decide how the
+    /// child ends. Its PDEATHSIG is unaffected.
+    bool new_process_group = false;
     /// Pass our environment (minus SHMCTX_PARENT_PID and the names env_extra sets).
     bool inherit_environment = true;
     /// Close every descriptor >= 3 in the child (after the dup2s). Every fd the library opens is

@@ -39,6 +39,7 @@
 #include "core/cancel_scope.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/shm/actor_file.hpp"
+#include "shmctx/shm/fault.hpp"
 #include "shmctx/shm/names.hpp"
 #include "shmctx/spawner.hpp"
 
@@ -152,7 +153,13 @@ public:
         ev.events = EPOLLIN;
         ev.data.ptr = nullptr;  // nullptr: the eventfd; else the NurseryChild
         (void)::epoll_ctl(epfd_, EPOLL_CTL_ADD, eventfd_, &ev);
-        monitor_ = std::thread([this] { monitor(); });
+        try {
+            monitor_ = std::thread([this] { monitor(); });
+        } catch (...) {
+            ::close(eventfd_);
+            ::close(epfd_);
+            throw;
+        }
     }
     NurseryState(const NurseryState&) = delete;
     NurseryState& operator=(const NurseryState&) = delete;
@@ -170,11 +177,14 @@ public:
                                         const ChildOptions& options, bool run_in_actor);
     void run_in_child(const std::shared_ptr<NurseryChild>& child, std::string fn, Payload fn_args);
 
+    /// Cancels the body's scope. The children are torn down once the body has left (finish):
+    /// cancelling them now would race the body's own unwinding, which could then see a child's
+    /// ContextCancelled (naming us) or its link closing before its own Cancelled, and raise
+    /// that instead of leaving quietly.
     void cancel() {
         if (cancel_called_.exchange(true, std::memory_order::acq_rel)) return;  // [nursery.cancel]
         // Stop-callbacks (the body's blocked waits) run here, on the caller's thread.
         (void)scope_.cancel(core_->uid(), "actor nursery cancelled");
-        request_teardown();
     }
     bool cancel_called() const noexcept {
         return cancel_called_.load(std::memory_order::acquire);  // [nursery.cancel]
@@ -182,9 +192,10 @@ public:
 
     /// Normal end of the body: waits for every run_in_actor result. Stops early when the
     /// body's scope is cancelled (our cancel, or an enclosing one).
-    void wait_results() {
+    /// Returns false when a cancel ended the wait with results still pending.
+    bool wait_results() {
         std::unique_lock lock(mu_);
-        (void)results_cv_.wait(lock, scope_.stop_token(), [&] { return pending_results_ == 0; });
+        return results_cv_.wait(lock, scope_.stop_token(), [&] { return pending_results_ == 0; });
     }
     /// Tears every child down (if not done yet) and waits until each is reaped; stops the
     /// monitor and joins every thread. Idempotent, never throws.
@@ -210,13 +221,6 @@ public:
     }
 
 private:
-    void request_teardown() {
-        {
-            const std::lock_guard lock(mu_);
-            teardown_requested_ = true;
-        }
-        wake();
-    }
     void wake() noexcept {
         const std::uint64_t one = 1;
         (void)!::write(eventfd_, &one, sizeof one);
@@ -237,8 +241,12 @@ private:
         }
     }
     void record_failure_locked(std::exception_ptr e) { failures_.push_back(std::move(e)); }
-    void result_done(const std::shared_ptr<NurseryChild>& child, std::optional<Payload> value,
+    /// Stores a run_in_actor result and records its failure; false when the error is a
+    /// transport loss we did not cause (see lost_child).
+    bool result_done(const std::shared_ptr<NurseryChild>& child, std::optional<Payload> value,
                      std::exception_ptr error);
+    /// A run_in_actor child's link failed without our asking. Runner thread.
+    void lost_child(NurseryChild& child, const std::exception_ptr& error);
 
     Actor& actor_;
     std::shared_ptr<ActorCore> core_;
@@ -252,6 +260,7 @@ private:
     std::vector<std::shared_ptr<NurseryChild>> children_;
     std::vector<std::exception_ptr> failures_;
     std::size_t pending_results_ = 0;
+    int spawning_ = 0;      // spawns in flight (between the closing_ check and registration)
     bool closing_ = false;  // no new children (the teardown has begun)
     bool teardown_requested_ = false;
     bool teardown_done_ = false;
@@ -280,6 +289,7 @@ std::shared_ptr<NurseryChild> NurseryState::start(const std::string& name, const
     Fd ready_r(pipe_fds[0]);
     Fd ready_w(pipe_fds[1]);
 
+    const Deadline deadline(options_.start_timeout);  // the ready line and the connect
     std::vector<std::string> env = options.env;
     env.push_back(std::string(kActorNameEnv) + "=" + name);
     env.push_back("SHMCTX_NS=" + core_->names().ns());
@@ -288,21 +298,38 @@ std::shared_ptr<NurseryChild> NurseryState::start(const std::string& name, const
     spawn_options.pass_fds = {ready_w.get()};
     spawn_options.stdout_fd = options.stdout_fd;
     spawn_options.stderr_fd = options.stderr_fd;
+    // A terminal's Ctrl-C reaches us only; our cancel then tears the children down in order,
+    // instead of each child cancelling itself at once (and counting as a failure).
+    spawn_options.new_process_group = true;
 
     auto child = std::make_shared<NurseryChild>(name, exe, run_in_actor);
     {
-        // The spawn runs under mu_ so that the teardown's snapshot of the children can never
-        // miss one: once closing_ is set, nothing is spawned.
+        // Counted as spawning under mu_, so that the teardown's snapshot of the children never
+        // misses one: it waits until no spawn is in flight, and once closing_ is set nothing is
+        // spawned. The spawn itself runs without mu_ (it may wait for the supervisor thread).
         const std::lock_guard lock(mu_);
         if (closing_) {
             throw InvalidOperation("the nursery of " + core_->uid().to_string() +
                                    " is closing: no new child actor (" + name + ")");
         }
-        try {
-            child->proc = core_->supervisor().spawn(exe, args, env, spawn_options);
-        } catch (const SpawnError& e) {
-            throw ActorFailed("child actor '" + name + "' could not be started: " + e.what());
-        }
+        ++spawning_;
+    }
+    ChildProcess proc;
+    std::exception_ptr spawn_error;
+    try {
+        proc = core_->supervisor().spawn(exe, args, env, spawn_options);
+    } catch (const SpawnError& e) {
+        spawn_error = std::make_exception_ptr(
+            ActorFailed("child actor '" + name + "' could not be started: " + e.what()));
+    } catch (...) {
+        spawn_error = std::current_exception();
+    }
+    {
+        const std::lock_guard lock(mu_);
+        --spawning_;
+        reaped_cv_.notify_all();  // a teardown may wait for spawning_ to reach 0
+        if (spawn_error) std::rethrow_exception(spawn_error);
+        child->proc = std::move(proc);
         child->pid = child->proc.pid();
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -328,7 +355,6 @@ std::shared_ptr<NurseryChild> NurseryState::start(const std::string& name, const
     };
 
     // Wait for the ready line ("ready" or "error <text>"), EOF, the deadline or our scope.
-    const Deadline deadline(options_.start_timeout);
     Fd cancel_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     const std::stop_callback on_cancel(current_stop_token(), [&cancel_fd] {
         const std::uint64_t one = 1;
@@ -377,20 +403,23 @@ std::shared_ptr<NurseryChild> NurseryState::start(const std::string& name, const
             throw ActorFailed(child->describe() + " failed in its setup: " +
                               line.substr(6, end == std::string::npos ? end : end - 6));
         }
-        // It ended (or closed the pipe) before it was ready: say how, if it has ended.
+        // It ended (EOF) or wrote something else: say how it ended, or what it wrote.
         give_up(0);
         std::unique_lock lock(mu_);
         (void)reaped_cv_.wait_for(lock, options_.cancel_timeout,
                                   [&] { return child->status.has_value(); });
-        const std::string how = child->status ? child->status->describe() : "closed its ready pipe";
-        if (!child->status) kill_locked(*child, SIGKILL);
-        throw ActorFailed(child->describe() + " " + how + " before it was ready" +
-                          (line.empty() ? std::string() : " (it wrote \"" + line + "\")"));
+        if (!child->status) {
+            kill_locked(*child, SIGKILL);
+            throw ActorFailed(child->describe() + " wrote \"" + line.substr(0, 200) +
+                              "\" instead of its ready line; killed");
+        }
+        throw ActorFailed(child->describe() + " " + child->status->describe() +
+                          " before it was ready");
     }
 
     // Ready: its actor is published and its endpoints exposed. Link to it.
     try {
-        Portal portal = actor_.connect(name, Deadline(options_.start_timeout));
+        Portal portal = actor_.connect(name, deadline);
         const std::lock_guard lock(mu_);
         child->portal.emplace(std::move(portal));
     } catch (...) {
@@ -416,7 +445,10 @@ void NurseryState::run_in_child(const std::shared_ptr<NurseryChild>& child, std:
                 } catch (...) {
                     error = std::current_exception();
                 }
-                result_done(child, std::move(value), error);
+                if (!result_done(child, std::move(value), error)) {
+                    lost_child(*child, error);
+                    return;
+                }
                 // The result is in: the child has done its work. Cancel it now (tractor's
                 // cancel_on_completion); the monitor reaps it when it exits.
                 bool ask = false;
@@ -440,18 +472,24 @@ void NurseryState::run_in_child(const std::shared_ptr<NurseryChild>& child, std:
     }
 }
 
-void NurseryState::result_done(const std::shared_ptr<NurseryChild>& child,
+bool NurseryState::result_done(const std::shared_ptr<NurseryChild>& child,
                                std::optional<Payload> value, std::exception_ptr error) {
+    bool lost = false;
     {
         const std::lock_guard lock(mu_);
         if (error) {
             // A failure unless it is the end we asked for: our own cancel of the child (a
             // ContextCancelled naming us) or the transport going away once we stopped it. A
-            // transport loss we did not cause is the process dying: the monitor records that
-            // one, with its exit status.
+            // transport loss we did not cause is left to lost_child().
             const bool ours = child->stop_requested && (error_is<TransportClosed>(error) ||
                                                         error_is<ContextCancelled>(error));
-            if (!ours && !error_is<TransportClosed>(error)) record_failure_locked(error);
+            if (!ours) {
+                if (error_is<TransportClosed>(error)) {
+                    lost = true;
+                } else {
+                    record_failure_locked(error);
+                }
+            }
         }
         if (pending_results_ > 0) --pending_results_;
     }
@@ -463,6 +501,26 @@ void NurseryState::result_done(const std::shared_ptr<NurseryChild>& child,
         child->result_ready = true;
     }
     child->result_cv.notify_all();
+    return !lost;
+}
+
+void NurseryState::lost_child(NurseryChild& child, const std::exception_ptr& error) {
+    // The link to a child we did not stop went away. If its process died, the monitor reaps it
+    // and records an ActorFailed with its exit status (the better report): wait for that.
+    // Still alive after cancel_timeout (it closed the link, or we gave up on it as
+    // unresponsive): the link's error is the report, and the child is stopped.
+    std::unique_lock lock(mu_);
+    (void)reaped_cv_.wait_for(lock, options_.cancel_timeout,
+                              [&] { return child.status.has_value() || child.stop_requested; });
+    if (child.status || child.stop_requested) return;
+    try {
+        record_failure_locked(error);
+    } catch (...) {
+        std::fprintf(stderr, "shmctx: %s: nursery: %s: %s\n", core_->uid().to_string().c_str(),
+                     child.describe().c_str(), what_of(error).c_str());
+    }
+    child.stop_requested = true;
+    kill_locked(child, SIGTERM);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -510,6 +568,11 @@ void NurseryState::pump(const Deadline& until) noexcept {
                          core_->uid().to_string().c_str(), errno_text(errno).c_str());
         }
         return;
+    }
+    // Test builds: "nursery.slow_reap=corrupt" makes the monitor late, so that a runner learns
+    // of its child's death first (the order the report must not depend on).
+    if (n > 0 && SHMCTX_FAULT_POINT("nursery.slow_reap")) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     const std::lock_guard lock(mu_);
     for (int i = 0; i < n; ++i) {
@@ -559,8 +622,9 @@ void NurseryState::monitor() noexcept {
 void NurseryState::teardown() noexcept {
     std::vector<std::shared_ptr<NurseryChild>> running;
     {
-        const std::lock_guard lock(mu_);
+        std::unique_lock lock(mu_);
         closing_ = true;
+        reaped_cv_.wait(lock, [&] { return spawning_ == 0; });  // spawns in flight land first
         for (const auto& c : children_) {
             if (c->status) continue;
             c->stop_requested = true;
@@ -735,8 +799,9 @@ bool ActorNursery::run(Actor& actor, const NurseryOptions& options, const BodyFn
     }
     if (!body_error && !caught) {
         // Normal end: every run_in_actor result first, then the long-lived children go.
-        state->wait_results();
-        if (scope.cancelled()) {
+        // A cancel that lands once every result is in changes nothing (trio: caught only if a
+        // Cancelled unwound something); one that cuts the wait short counts.
+        if (!state->wait_results()) {
             if (scope.absorbs_cancelled()) {
                 scope.absorb();
                 caught = true;

@@ -53,13 +53,26 @@ void report(int& fd, std::string line) {
     }
     if (line.size() > 2000) line.resize(2000);
     line += '\n';
+    // A parent that gave up on us closed the read end: EPIPE, not a SIGPIPE that kills us. The
+    // signal is blocked around the write and a pending one discarded (no process-wide SIG_IGN).
+    sigset_t pipe_set;
+    sigset_t old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    (void)::pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    bool epipe = false;
     std::size_t done = 0;
     while (done < line.size()) {
         const ssize_t n = ::write(fd, line.data() + done, line.size() - done);
         if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EPIPE) epipe = true;
         if (n <= 0) break;  // the parent gave up on us (EPIPE): nothing to tell
         done += static_cast<std::size_t>(n);
     }
+    const timespec zero{};
+    while (epipe && ::sigtimedwait(&pipe_set, nullptr, &zero) == SIGPIPE) {
+    }
+    (void)::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     ::close(fd);
     fd = -1;
 }
@@ -73,22 +86,36 @@ int run_actor(std::string name, const std::function<void(Actor&)>& setup, RunAct
         ::unsetenv(kActorNameEnv);
     }
     int ready_fd = take_ready_fd();
-    // SIGPIPE would kill us if the parent closed the pipe first; write() reports EPIPE instead.
-    (void)::signal(SIGPIPE, SIG_IGN);
 
     // Signals become a descriptor: blocked here (before the actor starts its threads, which
     // inherit the mask) and read from a signalfd by the watcher below. No handler runs.
+    // The mask is restored when run_actor returns, so that what the program does or starts
+    // afterwards (system(), popen()) sees the signals as before.
     int signal_fd = -1;
+    int stop_fd = -1;
     sigset_t signals;
+    sigset_t old_mask;
     sigemptyset(&signals);
+    (void)::pthread_sigmask(SIG_BLOCK, nullptr, &old_mask);
+    const auto restore_signals = [&] {
+        if (signal_fd >= 0) ::close(signal_fd);
+        if (stop_fd >= 0) ::close(stop_fd);
+        signal_fd = stop_fd = -1;
+        (void)::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    };
     if (options.handle_signals) {
         sigaddset(&signals, SIGINT);
         sigaddset(&signals, SIGTERM);
         (void)::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
         signal_fd = ::signalfd(-1, &signals, SFD_CLOEXEC);
-        if (signal_fd < 0) {
-            std::fprintf(stderr, "shmctx: run_actor %s: signalfd: %s\n", name.c_str(),
-                         std::strerror(errno));
+        stop_fd = ::eventfd(0, EFD_CLOEXEC);
+        if (signal_fd < 0 || stop_fd < 0) {
+            // Without them the signals would stay blocked for good: leave them as they were.
+            std::fprintf(stderr,
+                         "shmctx: run_actor %s: signalfd/eventfd: %s; SIGINT/SIGTERM "
+                         "keep their default action\n",
+                         name.c_str(), std::strerror(errno));
+            restore_signals();
         }
     }
 
@@ -99,13 +126,13 @@ int run_actor(std::string name, const std::function<void(Actor&)>& setup, RunAct
     } catch (const std::exception& e) {
         std::fprintf(stderr, "shmctx: run_actor %s: %s\n", name.c_str(), e.what());
         report(ready_fd, std::string("error ") + e.what());
-        if (signal_fd >= 0) ::close(signal_fd);
+        restore_signals();
         return kRunActorSetupFailed;
     } catch (...) {
         std::fprintf(stderr, "shmctx: run_actor %s: setup threw a non-std exception\n",
                      name.c_str());
         report(ready_fd, "error setup threw a non-std exception");
-        if (signal_fd >= 0) ::close(signal_fd);
+        restore_signals();
         return kRunActorSetupFailed;
     }
     report(ready_fd, "ready");
@@ -114,9 +141,8 @@ int run_actor(std::string name, const std::function<void(Actor&)>& setup, RunAct
     // a second one while the cancel is still running exits at once, as an impatient user
     // expects of a second Ctrl-C.
     std::atomic<int> first_signal{0};
-    const int stop_fd = ::eventfd(0, EFD_CLOEXEC);
     std::thread watcher;
-    if (signal_fd >= 0 && stop_fd >= 0) {
+    if (signal_fd >= 0) {
         watcher = std::thread([&] {
             for (;;) {
                 pollfd p[2] = {{signal_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
@@ -147,9 +173,17 @@ int run_actor(std::string name, const std::function<void(Actor&)>& setup, RunAct
         (void)!::write(stop_fd, &one, sizeof one);
         watcher.join();
     }
-    if (stop_fd >= 0) ::close(stop_fd);
-    if (signal_fd >= 0) ::close(signal_fd);
     actor.reset();  // orderly: links closed, objects removed
+    // A signal that came while the actor was closing stays pending: discard it (it asked for
+    // what has happened anyway) before the mask is restored, or it would kill us now.
+    if (signal_fd >= 0) {
+        signalfd_siginfo si{};
+        const int flags = ::fcntl(signal_fd, F_GETFL);
+        (void)::fcntl(signal_fd, F_SETFL, flags | O_NONBLOCK);
+        while (::read(signal_fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+        }
+    }
+    restore_signals();
     const int sig = first_signal.load(std::memory_order::relaxed);  // joined: see above
     return sig != 0 ? 128 + sig : kRunActorOk;
 }

@@ -280,10 +280,14 @@ void Spawner::perform(Request& r) noexcept {
     sigset_t all;
     sigemptyset(&none);
     sigfillset(&all);
-    int rc = ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    const SpawnOptions& o = *r.options;
+    short flags = POSIX_SPAWN_SETSIGMASK |
+                  POSIX_SPAWN_SETSIGDEF;  // NOLINT(google-runtime-int): the API's type
+    if (o.new_process_group) flags |= POSIX_SPAWN_SETPGROUP;
+    int rc = ::posix_spawnattr_setflags(&attr, flags);
     if (rc == 0) rc = ::posix_spawnattr_setsigmask(&attr, &none);
     if (rc == 0) rc = ::posix_spawnattr_setsigdefault(&attr, &all);
-    const SpawnOptions& o = *r.options;
+    if (rc == 0 && o.new_process_group) rc = ::posix_spawnattr_setpgroup(&attr, 0);
     const std::pair<int, int> redirects[] = {
         {o.stdin_fd, STDIN_FILENO}, {o.stdout_fd, STDOUT_FILENO}, {o.stderr_fd, STDERR_FILENO}};
     for (const auto& [from, to] : redirects) {

@@ -6,6 +6,7 @@
 //   --exit-log FILE  append "exit <name> <code>" to FILE when run_actor has returned
 //   --fail-setup     setup throws std::runtime_error("setup refused")
 //   --hang-setup     setup sleeps 60 s (a child that never becomes ready)
+//   --garbage-ready  writes "hello" on the ready pipe (fd 3) before run_actor does
 //
 // Endpoints (args are FlexBuffers values):
 //   do_nothing        returns nothing
@@ -16,12 +17,14 @@
 //   stream_forever    started(), then streams 0, 1, 2, ... every millisecond until cancelled
 //   pid               returns getpid()
 //   exit_soon         int code: returns, then the process _exits with `code` 20 ms later
+//   die               the process kills itself with SIGKILL (a crash mid-call)
 //   stuck             sleeps 60 s ignoring cancellation (a child that does not stop)
 //   cancel_self       Actor::cancel() on its own actor, then returns
 //   subtree           int depth: if depth > 0 opens a nursery, starts "<name>-sub" from this
 //                     executable and opens `subtree(depth - 1)` on it; started() with the pids of
 //                     this process and every process below it ("p1 p2 ..."), then sleeps until
 //                     cancelled (its nursery tears the subtree down on the way out)
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -84,15 +87,22 @@ Payload subtree(shmctx::Actor& actor, const std::string& exe, Context& ctx, cons
     }
     std::vector<std::string> log_args;
     if (const char* log = std::getenv("NURSERY_EXIT_LOG")) log_args = {"--exit-log", log};
-    shmctx::open_nursery(actor, [&](shmctx::ActorNursery& an) {
-        shmctx::Portal sub = an.start_actor(g_name + "-sub", exe, log_args);
-        sub.open_context(
-            "subtree", Payload::value(depth - 1).view(),
-            [&](Context& sub_ctx, const Payload& below) {
-                ctx.started(Payload::value(me + " " + below.value<std::string>()).view());
-                sub_ctx.sleep_for(std::chrono::hours(1));
-            });
-    });
+    // Each level's teardown includes the levels below: a generous cancel_timeout, so that a
+    // loaded (sanitizer) run still tears the tree down in order instead of killing a level.
+    shmctx::NurseryOptions no;
+    no.cancel_timeout = 20s;
+    shmctx::open_nursery(
+        actor,
+        [&](shmctx::ActorNursery& an) {
+            shmctx::Portal sub = an.start_actor(g_name + "-sub", exe, log_args);
+            sub.open_context(
+                "subtree", Payload::value(depth - 1).view(),
+                [&](Context& sub_ctx, const Payload& below) {
+                    ctx.started(Payload::value(me + " " + below.value<std::string>()).view());
+                    sub_ctx.sleep_for(std::chrono::hours(1));
+                });
+        },
+        no);
     return {};
 }
 
@@ -114,6 +124,9 @@ int main(int argc, char** argv) {
             fail_setup = true;
         } else if (a == "--hang-setup") {
             hang_setup = true;
+        } else if (a == "--garbage-ready") {
+            // Writes a wrong line where the nursery expects "ready" (fd 3), before run_actor.
+            (void)!::write(3, "hello\n", 6);
         } else {
             std::fprintf(stderr, "nursery_child: unknown argument %s\n", a.c_str());
             return 2;
@@ -144,6 +157,10 @@ int main(int argc, char** argv) {
                 ::_exit(exit_code);
             }).detach();
             return Payload{};
+        });
+        actor.expose("die", [](Context&, const Payload&) -> Payload {
+            ::raise(SIGKILL);  // a crash as the parent sees it: the process is gone
+            return {};
         });
         actor.expose("stuck", [](Context&, const Payload&) {
             std::this_thread::sleep_for(60s);  // deliberately deaf to cancellation
