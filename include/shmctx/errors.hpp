@@ -136,11 +136,16 @@ public:
 };
 
 /// A value too big for one control record (Start args, started() value, Return value; DESIGN.md
-/// §3): stream it instead. The text names the value, its size and the cap.
+/// §3): stream it instead. Also a stream message over a quarter of the sender's data ring
+/// (MsgStream::send). The text names the value, its size, the cap and what the cap is.
 class PayloadTooLarge : public Error {
 public:
-    /// `what_value`: e.g. "Return value of endpoint 'fn'".
-    PayloadTooLarge(std::string_view what_value, std::size_t size_bytes, std::size_t cap_bytes);
+    /// `what_value`: e.g. "Return value of endpoint 'fn'". `limit`: what the cap is, and what
+    /// to do instead (the default is the control-record cap's).
+    PayloadTooLarge(std::string_view what_value, std::size_t size_bytes, std::size_t cap_bytes,
+                    std::string_view limit = kControlRecordLimit);
+    static constexpr std::string_view kControlRecordLimit =
+        "for one control record: stream it instead";
     std::size_t size_bytes() const noexcept { return size_bytes_; }
     std::size_t cap_bytes() const noexcept { return cap_bytes_; }
 

@@ -292,7 +292,17 @@ std::shared_ptr<LinkHandle> ActorCore::connect(std::string_view peer_name, Deadl
             const auto it = links_.find(uuid);
             if (it != links_.end()) link = it->second;
         }
-        if (!link) link = make_link(std::move(peer), Uid{std::string(peer_name), uuid});
+        if (!link) {
+            link = make_link(std::move(peer), Uid{std::string(peer_name), uuid});
+        } else if (link->state() == LinkState::awaiting_peer) {
+            // An earlier connect gave up waiting: the peer may have failed to make its side
+            // (a full /dev/shm: ShmExhausted, logged on its stderr), and it scans again only
+            // when our announcement moves. Announce again, so that a retry can succeed.
+            const shm::PeerActor& p = link->peer_actor();
+            // [link.epoch] pairs with [link.epoch] in pass(): our arena exists already.
+            p.segment().links_epoch().fetch_add(1, std::memory_order::release);
+            if (shm::WakeSlot* bell = link->peer_wakes().slot(0)) shm::ring(*bell);
+        }
     }
     wake_control_loop();  // attach the peer's arena if it exists already
     std::unique_lock lock(mu_);
@@ -301,7 +311,8 @@ std::shared_ptr<LinkHandle> ActorCore::connect(std::string_view peer_name, Deadl
     lock.unlock();
     if (!settled) {
         throw ActorNotFound("actor '" + std::string(peer_name) + "' in namespace '" + names_.ns() +
-                            "' did not answer the link in time");
+                            "' did not answer the link in time (if it is alive, it could not "
+                            "make its side: see its stderr)");
     }
     if (link->state() != LinkState::up) {
         if (auto e = link->failure()) std::rethrow_exception(e);

@@ -900,7 +900,9 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
         if (max_bytes > out.ring().max_payload_bytes()) {  // immutable: safe while spilling
             if (!raise) return SendStatus::too_large;
             throw PayloadTooLarge("a stream message of context " + cid_.to_string(), max_bytes,
-                                  out.ring().max_payload_bytes());
+                                  out.ring().max_payload_bytes(),
+                                  "for one stream message (a quarter of the sender's data ring, "
+                                  "ActorOptions::data_ring_bytes): split it or raise that");
         }
         // Rule 4 (overflow.hpp): write directly only when nothing is spilled; else queue behind.
         const bool behind_spill = !out.spill_empty();

@@ -21,10 +21,10 @@ InvalidOperation::InvalidOperation(const std::string& what)
     : Error(Errc::invalid_operation, "Invalid Operation: " + what) {}
 
 PayloadTooLarge::PayloadTooLarge(std::string_view what_value, std::size_t size_bytes,
-                                 std::size_t cap_bytes)
+                                 std::size_t cap_bytes, std::string_view limit)
     : Error(Errc::payload_too_large, std::string(what_value) + " is " + std::to_string(size_bytes) +
                                          " bytes, over the cap of " + std::to_string(cap_bytes) +
-                                         " bytes for one control record: stream it instead"),
+                                         " bytes " + std::string(limit)),
       size_bytes_(size_bytes),
       cap_bytes_(cap_bytes) {}
 
