@@ -18,7 +18,8 @@
 //   pid               returns getpid()
 //   exit_soon         int code: returns, then the process _exits with `code` 20 ms later
 //   die               the process kills itself with SIGKILL (a crash mid-call)
-//   stuck             sleeps 60 s ignoring cancellation (a child that does not stop)
+//   stuck             appends "stuck <name>" to the exit log (if any), then sleeps 60 s
+//                     ignoring cancellation (a child that does not stop)
 //   cancel_self       Actor::cancel() on its own actor, then returns
 //   subtree           int depth: if depth > 0 opens a nursery, starts "<name>-sub" from this
 //                     executable and opens `subtree(depth - 1)` on it; started() with the pids of
@@ -163,6 +164,9 @@ int main(int argc, char** argv) {
             return {};
         });
         actor.expose("stuck", [](Context&, const Payload&) {
+            if (const char* log = std::getenv("NURSERY_EXIT_LOG")) {
+                std::ofstream(log, std::ios::app) << "stuck " << g_name << "\n";  // it is in
+            }
             std::this_thread::sleep_for(60s);  // deliberately deaf to cancellation
             return Payload{};
         });

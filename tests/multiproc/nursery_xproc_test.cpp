@@ -457,13 +457,15 @@ TEST_F(Nursery, ChildIgnoringItsCancelIsKilled) {
         root,
         [&](ActorNursery& an) {
             child = an.run_in_actor("deaf", exe_, "stuck", {}, {"--exit-log", log}).pid();
+            // Cancel only once it is stuck (else its cancel could come first and be answered).
+            EXPECT_TRUE(test::wait_until([&] { return !read_lines(log).empty(); }, kDeadline));
             an.cancel();
         },
         no);
     EXPECT_FALSE(test::process_alive(child));
     // Killed: run_actor never returned, so no exit line (a child that exits by itself, even on
     // the SIGTERM that follows the unanswered cancel, writes one).
-    EXPECT_THAT(read_lines(log), IsEmpty());
+    EXPECT_EQ(read_lines(log), (std::vector<std::string>{"stuck deaf"}));
 }
 
 // A run_in_actor child that dies in the middle of its function is a failure naming how it
