@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "latency_series.hpp"
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -32,37 +33,18 @@ using namespace std::chrono_literals;
 
 namespace {
 
-double ms_between(Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-struct Series {
-    const char* name;
-    std::vector<double> ms;
-    double p50() {
-        std::sort(ms.begin(), ms.end());
-        return ms[ms.size() / 2];
-    }
-    void print() {
-        std::sort(ms.begin(), ms.end());
-        const auto pct = [&](double p) {
-            return ms[std::min(ms.size() - 1,
-                               static_cast<std::size_t>(p * static_cast<double>(ms.size())))];
-        };
-        std::printf("%-26s n=%zu p50_ms=%.3f p90_ms=%.3f max_ms=%.3f\n", name, ms.size(), pct(0.50),
-                    pct(0.90), ms.back());
-    }
-};
+using bench::LatencySeries;
+using bench::ms_between;
 
 int run(std::size_t rounds, const std::string& child_exe) {
     test::NamespaceGuard guard("bench-nursery");
     ActorOptions options;
     options.ns = guard.names.ns();
     Actor root("root", options);
-    Series floor{"spawn_to_main_floor", {}};
-    Series start{"start_actor_spawn_to_ready", {}};
-    Series first_call{"first_run_round_trip", {}};
-    Series leave{"nursery_exit_cancel_reap", {}};
+    LatencySeries floor{"spawn_to_main_floor", {}};
+    LatencySeries start{"start_actor_spawn_to_ready", {}};
+    LatencySeries first_call{"first_run_round_trip", {}};
+    LatencySeries leave{"nursery_exit_cancel_reap", {}};
     Spawner spawner;
     for (std::size_t i = 0; i < rounds; ++i) {
         // Interleaved with the measured rounds, so both see the same machine state.
@@ -101,7 +83,8 @@ int run(std::size_t rounds, const std::string& child_exe) {
     start.print();
     first_call.print();
     leave.print();
-    std::printf("start_actor_p50 / spawn_floor_p50 = %.2f\n", start.p50() / floor.p50());
+    std::printf("start_actor_p50 / spawn_floor_p50 = %.2f\n",
+                start.quantile(0.5) / floor.quantile(0.5));
     return 0;
 }
 

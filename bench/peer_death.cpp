@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "latency_series.hpp"
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -33,23 +34,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-double ms_between(Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-struct Series {
-    const char* name;
-    std::vector<double> ms;
-    void print() {
-        std::sort(ms.begin(), ms.end());
-        const auto pct = [&](double p) {
-            return ms[std::min(ms.size() - 1,
-                               static_cast<std::size_t>(p * static_cast<double>(ms.size())))];
-        };
-        std::printf("%-22s n=%zu p50_ms=%.3f p90_ms=%.3f max_ms=%.3f\n", name, ms.size(), pct(0.50),
-                    pct(0.90), ms.back());
-    }
-};
+using bench::LatencySeries;
+using bench::ms_between;
 
 int run(std::size_t kills, const std::string& node) {
     test::NamespaceGuard guard("bench-peer-death");
@@ -57,11 +43,11 @@ int run(std::size_t kills, const std::string& node) {
     options.ns = guard.names.ns();
     Actor survivor("survivor", options);
     const std::vector<std::string> baseline = test::all_objects(guard.names);
-    Series woke{"kill_to_PeerDied", {}};
-    Series reclaimed{"kill_to_reclaimed", {}};
-    Series restarted{"restart_spawn_to_ready", {}};
+    LatencySeries woke{"kill_to_PeerDied", {}};
+    LatencySeries reclaimed{"kill_to_reclaimed", {}};
+    LatencySeries restarted{"restart_spawn_to_ready", {}};
 
-    const auto spawn_ready = [&](Series* timed) {
+    const auto spawn_ready = [&](LatencySeries* timed) {
         const auto start = Clock::now();
         test::Child child = test::spawn(node, {guard.names.ns(), "victim", "server"});
         if (!child.expect_line("ready", 10s)) {
@@ -110,9 +96,9 @@ int run(std::size_t kills, const std::string& node) {
     }
     victim.write("quit\n");
     (void)victim.wait(5s);
-    woke.print();
-    reclaimed.print();
-    restarted.print();
+    woke.print(22);
+    reclaimed.print(22);
+    restarted.print(22);
     return 0;
 }
 
