@@ -35,8 +35,8 @@ struct LatencySeries {
         }
         const double p50 = quantile(0.50);
         const double p90 = quantile(0.90);
-        std::printf("%-*s n=%zu p50_ms=%.3f p90_ms=%.3f max_ms=%.3f\n", name_width, name,
-                    ms.size(), p50, p90, ms.back());
+        std::printf("%-*s n=%zu p50_ms=%.3f p90_ms=%.3f max_ms=%.3f\n", name_width, name, ms.size(),
+                    p50, p90, ms.back());
     }
 };
 

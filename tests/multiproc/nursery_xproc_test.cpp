@@ -52,18 +52,7 @@ using ::testing::IsEmpty;
 constexpr auto kDeadline = 20s;
 constexpr auto kTestLimit = 150s;
 
-std::string describe(const std::exception_ptr& e) {
-    if (!e) return "no error";
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-        return x.what();
-    } catch (const Cancelled&) {
-        return "shmctx::Cancelled";
-    } catch (...) {
-        return "unknown exception";
-    }
-}
+std::string describe(const std::exception_ptr& e) { return test::describe_error(e); }
 
 template <class F>
 std::exception_ptr capture(F&& f) {

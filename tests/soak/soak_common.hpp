@@ -42,6 +42,7 @@
 #include <utility>
 #include <vector>
 
+#include "error_as.hpp"
 #include "shmctx/actor.hpp"
 #include "shmctx/context.hpp"
 #include "shmctx/errors.hpp"
@@ -468,17 +469,7 @@ struct Env {
     Deadline hang_deadline() const { return Deadline(hang_limit); }
 };
 
-inline std::string what_of(const std::exception_ptr& e) {
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-        return x.what();
-    } catch (const Cancelled&) {
-        return "shmctx::Cancelled";
-    } catch (...) {
-        return "a non-std exception";
-    }
-}
+inline std::string what_of(const std::exception_ptr& e) { return test::describe_error(e); }
 
 // --- sending and receiving ---
 

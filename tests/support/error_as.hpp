@@ -3,6 +3,9 @@
 #pragma once
 
 #include <exception>
+#include <string>
+
+#include "shmctx/errors.hpp"
 
 namespace shmctx::test {
 
@@ -17,6 +20,21 @@ const E* error_as(const std::exception_ptr& e) {
         return &typed;
     } catch (...) {
         return nullptr;
+    }
+}
+
+/// The text of the exception in `e`, for failure messages: its what(), "shmctx::Cancelled",
+/// "no error" for a null pointer.
+inline std::string describe_error(const std::exception_ptr& e) {
+    if (!e) return "no error";
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        return x.what();
+    } catch (const Cancelled&) {
+        return "shmctx::Cancelled";
+    } catch (...) {
+        return "a non-std exception";
     }
 }
 
