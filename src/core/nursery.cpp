@@ -403,15 +403,21 @@ std::shared_ptr<NurseryChild> NurseryState::start(const std::string& name, const
             throw ActorFailed(child->describe() + " failed in its setup: " +
                               line.substr(6, end == std::string::npos ? end : end - 6));
         }
-        // It ended (EOF) or wrote something else: say how it ended, or what it wrote.
+        if (!eof) {  // it wrote something else: it is not a run_actor child, or is broken
+            give_up(SIGKILL);
+            throw ActorFailed(child->describe() + " wrote \"" + line.substr(0, 200) +
+                              "\" instead of its ready line; killed");
+        }
+        // It ended before it was ready: say how, once the monitor has reaped it (EOF comes as
+        // the process exits; the reap follows at once).
         give_up(0);
         std::unique_lock lock(mu_);
         (void)reaped_cv_.wait_for(lock, options_.cancel_timeout,
                                   [&] { return child->status.has_value(); });
-        if (!child->status) {
+        if (!child->status) {  // closed its pipe but lives on
             kill_locked(*child, SIGKILL);
-            throw ActorFailed(child->describe() + " wrote \"" + line.substr(0, 200) +
-                              "\" instead of its ready line; killed");
+            throw ActorFailed(child->describe() + " closed its ready pipe without a ready line; "
+                              "killed");
         }
         throw ActorFailed(child->describe() + " " + child->status->describe() +
                           " before it was ready");
