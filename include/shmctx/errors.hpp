@@ -193,9 +193,9 @@ public:
 };
 
 /// A child actor of an ActorNursery failed to start (its setup threw, it did not become ready
-/// in time, its executable could not be spawned) or its process ended before the nursery asked
-/// it to (a crash, an exit of its own). The text names the actor, its executable, its pid and
-/// how it ended ("killed by signal 11 (SIGSEGV)").
+/// in time, its executable could not be spawned) or its process ended unclean before the
+/// nursery asked it to (a crash, a signal, a non-zero exit). The text names the actor, its
+/// executable, its pid and how it ended ("killed by signal 11 (SIGSEGV)").
 class ActorFailed : public Error {
 public:
     explicit ActorFailed(const std::string& what) : Error(Errc::actor_failed, what) {}

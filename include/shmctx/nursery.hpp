@@ -24,7 +24,9 @@
 //    and propagates.
 //  - Failures are collected and raised when the nursery ends: a run_in_actor function's error
 //    (a RemoteActorError with the original type), a child that failed to start or whose process
-//    ended before the nursery asked it to (ActorFailed, naming how it ended). One failure is
+//    ended unclean (a crash, a signal, a non-zero exit) before the nursery asked it to
+//    (ActorFailed, naming how it ended; a clean exit, e.g. after another actor's cancel_actor,
+//    is the child's orderly end, no failure). One failure is
 //    raised as itself; several are raised together as an ErrorGroup, the body's own error first.
 //    A failure does not interrupt the body or its siblings (tractor's nursery; the spec's
 //    "multiple failures" cases depend on it).

@@ -416,7 +416,8 @@ std::shared_ptr<NurseryChild> NurseryState::start(const std::string& name, const
                                   [&] { return child->status.has_value(); });
         if (!child->status) {  // closed its pipe but lives on
             kill_locked(*child, SIGKILL);
-            throw ActorFailed(child->describe() + " closed its ready pipe without a ready line; "
+            throw ActorFailed(child->describe() +
+                              " closed its ready pipe without a ready line; "
                               "killed");
         }
         throw ActorFailed(child->describe() + " " + child->status->describe() +
@@ -558,7 +559,12 @@ void NurseryState::reap_locked(NurseryChild& c) {
     }
     c.status = st;
     if (!st->success()) sweep_ = true;
-    if (!c.stop_requested) {
+    // An exit nobody here asked for is a failure when it is not clean: a crash, a signal, an
+    // error exit. A clean exit (0: run_actor returned because a peer cancelled the actor, or it
+    // cancelled itself) is that actor's orderly end, as tractor treats a sub-actor cancelled by
+    // another actor; a run_in_actor child ending so early is reported by its runner (its
+    // function's ContextCancelled).
+    if (!c.stop_requested && !st->success()) {
         record_failure_locked(std::make_exception_ptr(ActorFailed(
             c.describe() + " " + st->describe() + " before the nursery asked it to stop")));
     }

@@ -397,6 +397,19 @@ TEST_F(Nursery, ChildExitingOnItsOwnIsReportedWithItsStatus) {
     EXPECT_THAT(std::string(failed->what()), HasSubstr("exited with 3"));
 }
 
+// A clean exit nobody in the nursery asked for (the actor was cancelled by someone: here by
+// itself, as by another actor's cancel_actor) is the child's orderly end: no failure.
+TEST_F(Nursery, ChildEndingCleanlyOnItsOwnIsNoFailure) {
+    Actor root("root", options());
+    const std::string log = exit_log();
+    open_nursery(root, [&](ActorNursery& an) {
+        Portal p = an.start_actor("quitter", exe_, {"--exit-log", log});
+        (void)p.run("cancel_self", {}, kDeadline);
+        EXPECT_TRUE(test::wait_until([&] { return an.running_children() == 0; }, kDeadline));
+    });
+    EXPECT_EQ(read_lines(log), (std::vector<std::string>{"exit quitter 0"}));
+}
+
 TEST_F(Nursery, ChildFailingItsSetupIsActorFailedWithTheReason) {
     Actor root("root", options());
     const auto e = capture([&] {
