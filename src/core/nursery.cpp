@@ -498,7 +498,10 @@ bool NurseryState::result_done(const std::shared_ptr<NurseryChild>& child,
                 }
             }
         }
-        if (pending_results_ > 0) --pending_results_;
+        // A lost child's result counts as in only once lost_child() has decided how to report
+        // it: until then the body's end waits (and with it the teardown, which would mark the
+        // child stopped and hide a crash the monitor has not reaped yet).
+        if (!lost && pending_results_ > 0) --pending_results_;
     }
     results_cv_.notify_all();
     {
@@ -512,22 +515,35 @@ bool NurseryState::result_done(const std::shared_ptr<NurseryChild>& child,
 }
 
 void NurseryState::lost_child(NurseryChild& child, const std::exception_ptr& error) {
-    // The link to a child we did not stop went away. If its process died, the monitor reaps it
-    // and records an ActorFailed with its exit status (the better report): wait for that.
-    // Still alive after cancel_timeout (it closed the link, or we gave up on it as
-    // unresponsive): the link's error is the report, and the child is stopped.
+    // The link to a child we did not stop went away before its function returned. If its
+    // process died, the monitor reaps it: an unclean end is recorded there as an ActorFailed
+    // with its exit status (the better report); a clean exit is recorded here, since the
+    // function never returned. A child still alive after cancel_timeout (it closed the link,
+    // or we gave up on it as unresponsive) is recorded with the link's error and stopped.
     std::unique_lock lock(mu_);
     (void)reaped_cv_.wait_for(lock, options_.cancel_timeout,
                               [&] { return child.status.has_value() || child.stop_requested; });
-    if (child.status || child.stop_requested) return;
     try {
-        record_failure_locked(error);
+        if (child.stop_requested) {
+            // Asked meanwhile (a cancel of the nursery): the end we asked for.
+        } else if (child.status) {
+            if (child.status->success()) {
+                record_failure_locked(std::make_exception_ptr(
+                    ActorFailed(child.describe() + " " + child.status->describe() +
+                                " before its function returned")));
+            }
+        } else {
+            record_failure_locked(error);
+            child.stop_requested = true;
+            kill_locked(child, SIGTERM);
+        }
     } catch (...) {
         std::fprintf(stderr, "shmctx: %s: nursery: %s: %s\n", core_->uid().to_string().c_str(),
                      child.describe().c_str(), what_of(error).c_str());
     }
-    child.stop_requested = true;
-    kill_locked(child, SIGTERM);
+    if (pending_results_ > 0) --pending_results_;
+    lock.unlock();
+    results_cv_.notify_all();
 }
 
 // ---------------------------------------------------------------------------------------------
