@@ -431,7 +431,10 @@ Outcome ContextState::wait_for_result() {
     // Waiting for the result ends our reading (DESIGN.md §4.3: unread data is discarded): the
     // peer's flush or blocked send must not wait for reads that will never come.
     stop_reading_ = true;
-    if (in_) in_->close();
+    // Not after finish(): the carve is detached then, and the peer may already have carved
+    // another context's ring over the same bytes (a late wait_for_result on a handle would
+    // close that ring; a docs review reproduced it).
+    if (in_ && !finished_) in_->close();
     const std::stop_token stop = current_stop_token();
     const bool ready = wait_locked(
         lock,
@@ -1364,6 +1367,9 @@ bool ContextState::poll_advertise(std::optional<std::uint32_t> slot) noexcept {
     // (advertise_wake_slot or its Waiter) follows this store before it re-checks.
     waiting_slot_.store(slot ? *slot + 1 : 0, std::memory_order::relaxed);
     if (!in_ready_.load(std::memory_order::acquire)) return false;  // [ctx.in]
+    // Closed (or finished: the carve is detached and may be another context's ring now):
+    // nothing to advertise in it. [ctx.blockers] pairs with the fetch_or in finish().
+    if ((blockers_.load(std::memory_order::acquire) & kBlockClosed) != 0) return false;
     // The cell may have been in busy_spin (a receive() since the last poll puts it back):
     // report a switch on every advertisement, so the caller bounds its first sleep.
     in_->advertise_wake_slot(slot);

@@ -1189,5 +1189,47 @@ TEST_F(ContextTest, ReceiveBlockedWhenThePeerShutsDownWakesWithAnError) {
     EXPECT_EQ(parent.open_contexts(), 0U);
 }
 
+// wait_for_result() on the handle of a context that ended long ago touches nothing of the
+// rings: the peer has freed that context's ring and carved the next context's over the same
+// bytes, which a late close would end (the peer's next send raised EndOfChannel; found by the
+// semantics review).
+TEST_F(ContextTest, LateWaitForResultOnAnEndedContextLeavesTheNextContextsRingAlone) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    child.expose("one", [](Context& ctx, const Payload&) {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        stream.send("a");
+        return Payload{};
+    });
+    child.expose("two", [](Context& ctx, const Payload&) {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        stream.send("b1");
+        EXPECT_EQ(stream.receive().text(), "go");
+        stream.send("b2");  // EndOfChannel here if the parent's late close hit this ring
+        for (auto& msg : stream) (void)msg;  // until the parent closes
+        return Payload{};
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    std::optional<Context> first;
+    (void)portal.open_context("one", {}, [&](Context& ctx, const Payload&) {
+        first.emplace(ctx.handle());
+        auto stream = ctx.open_stream();
+        EXPECT_EQ(stream.receive().text(), "a");
+    });
+    // The child's side of "one" is over: its ring is free for the next carve.
+    ASSERT_TRUE(test::wait_until([&] { return child.open_contexts() == 0; }, kDeadline));
+    std::string second;
+    (void)portal.open_context("two", {}, [&](Context& ctx, const Payload&) {
+        auto stream = ctx.open_stream();
+        EXPECT_EQ(stream.receive().text(), "b1");
+        EXPECT_TRUE(first->wait_for_result().has_value());  // late: "one" ended long ago
+        stream.send("go");
+        second = std::string(stream.receive().text());
+    });
+    EXPECT_EQ(second, "b2");
+}
+
 }  // namespace
 }  // namespace shmctx
