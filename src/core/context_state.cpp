@@ -381,9 +381,18 @@ void ContextState::send_start(PayloadView args) {
     }
 }
 
+std::stop_token ContextState::wait_token() const noexcept {
+    // Every scope of ours chains to the actor's root scope (an endpoint's is nested in it, a
+    // parent body's has it as also_in), so the innermost scope's token also fires on
+    // Actor::cancel(). A thread outside every scope (main, a user's thread) waits on the root
+    // scope's token itself: Actor::cancel() must reach its blocked calls too.
+    const CancelScope* scope = current_scope();
+    return scope != nullptr ? scope->stop_token() : core_->root_scope().stop_token();
+}
+
 const Payload& ContextState::await_started() {
     Lock lock(mu_);
-    const std::stop_token stop = current_stop_token();
+    const std::stop_token stop = wait_token();
     const bool ready = wait_locked(
         lock, [&] { return started_ || remote_error_ != nullptr || transport_error_ != nullptr; },
         stop, Deadline::never());
@@ -401,7 +410,7 @@ const Payload& ContextState::await_started() {
 
 Payload ContextState::run_result(Deadline deadline) {
     Lock lock(mu_);
-    const std::stop_token stop = current_stop_token();
+    const std::stop_token stop = wait_token();
     const auto done = [&] {
         return result_.has_value() || remote_error_ != nullptr || transport_error_ != nullptr;
     };
@@ -435,7 +444,7 @@ Outcome ContextState::wait_for_result() {
     // another context's ring over the same bytes (a late wait_for_result on a handle would
     // close that ring; a docs review reproduced it).
     if (in_ && !finished_) in_->close();
-    const std::stop_token stop = current_stop_token();
+    const std::stop_token stop = wait_token();
     const bool ready = wait_locked(
         lock,
         [&] {
@@ -1008,7 +1017,7 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
             help_link();  // as in wait_inbound: a cancel request needs no control-loop hop
             return changed();
         };
-        const std::stop_token stop = current_stop_token();
+        const std::stop_token stop = wait_token();
         bool ready = false;
         bool cancelled = false;
         if (limit == OverrunLimit::spill_cap) {
@@ -1061,7 +1070,7 @@ bool ContextState::settle_spill(bool flush) noexcept {
         };
         const auto done = [&] { return out.spill_empty() || nobody_reads(); };
         try {
-            (void)out.wait_spill(done, current_stop_token(), Deadline::never());
+            (void)out.wait_spill(done, wait_token(), Deadline::never());
         } catch (...) {
             // wait_spill allocates nothing of its own; treat any failure as "discard".
         }
@@ -1210,7 +1219,7 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
         help_link();
         return changed_now();
     };
-    const std::stop_token stop = raise ? current_stop_token() : std::stop_token{};
+    const std::stop_token stop = raise ? wait_token() : std::stop_token{};
     shm::WaitStatus status = shm::WaitStatus::ready;
     if (in_ready_.load(std::memory_order::acquire)) {  // [ctx.in]
         status = in_->wait_readable_or(waiter, changed, deadline, stop);

@@ -86,6 +86,9 @@ public:
     /// Waits for Started (or a Return, which counts as an empty started()); raises an Error
     /// recorded before it, or the link loss. Waits observe the caller's scope.
     const Payload& await_started();
+    /// The stop token the calling thread's blocking calls on this context observe: its
+    /// innermost scope's, or the actor's root scope's on a thread outside every scope.
+    std::stop_token wait_token() const noexcept;
     /// Portal::run: waits for the Return (Started only records the first value); raises the
     /// child's error; past `deadline` cancels the remote task and raises TimedOut.
     Payload run_result(Deadline deadline);

@@ -398,5 +398,43 @@ TEST_F(ActorCancelTest, CancelReachesASendBlockedAtTheSpillCap) {
     EXPECT_EQ(sent.load(), kRing + kSpillCap);
 }
 
+// Actor::cancel() reaches calls blocked on a thread outside every cancel scope (the test's
+// main thread here): an open_context waiting for started() and a Portal::run waiting for its
+// result both raise Cancelled, and the remote tasks are cancelled (found by the semantics
+// review: those waits used the calling thread's scope only, which such a thread has none of).
+TEST_F(ActorCancelTest, ActorCancelReachesCallsBlockedOutsideEveryScope) {
+    for (const bool use_run : {false, true}) {
+        SCOPED_TRACE(use_run ? "Portal::run" : "open_context");
+        Actor parent(use_run ? "parent_run" : "parent_ctx", options());
+        Actor child(use_run ? "child_run" : "child_ctx", options());
+        std::atomic<int> waiting{0};
+        child.expose("never_starts", [&waiting](Context& ctx, const Payload&) -> Payload {
+            ++waiting;
+            test::until_cancelled(ctx, kBlockForever);  // no started(), no result
+            return {};
+        });
+        Portal portal = parent.connect(child.uid().name, 20s);
+        std::thread canceller([&] {
+            EXPECT_TRUE(test::wait_until([&] { return waiting.load() == 1; }, 20s));
+            parent.cancel();
+        });
+        bool cancelled = false;
+        try {
+            if (use_run) {
+                (void)portal.run("never_starts");
+            } else {
+                (void)portal.open_context("never_starts", {},
+                                          [](Context&, const Payload&) { ADD_FAILURE(); });
+            }
+        } catch (const Cancelled&) {
+            cancelled = true;
+        }
+        canceller.join();
+        EXPECT_TRUE(cancelled);
+        // The remote task did not run on behind us: it was cancelled on our way out.
+        EXPECT_TRUE(test::wait_until([&] { return child.open_contexts() == 0; }, 20s));
+    }
+}
+
 }  // namespace
 }  // namespace shmctx
