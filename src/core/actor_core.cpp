@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -739,12 +740,17 @@ bool ActorCore::service_link(const std::shared_ptr<Link>& link) {
     try {
         if (!link->peer_attached() && !link->attach_peer(names_)) {
             (void)link->flush();
+            if (const std::exception_ptr broken = link->out_failure()) {
+                std::rethrow_exception(broken);
+            }
             return false;
         }
         const auto dispatch_one = [&](const wire::ControlView& msg) { dispatch(link, msg); };
         const std::size_t n = link->read_control(dispatch_one, kRecordsPerPass);
         if (n == kRecordsPerPass) wake_control_loop();  // more to read: come back next pass
         (void)link->flush();
+        // The peer corrupted the consumer words of our control ring (seen by any sender).
+        if (const std::exception_ptr broken = link->out_failure()) std::rethrow_exception(broken);
         // [ring.producer_close]: records written before the close are visible once we see it;
         // read once more, since the first read may have looked at the tail before the close.
         if (n == 0 && link->peer_closed_control()) {
@@ -764,18 +770,50 @@ bool ActorCore::service_link(const std::shared_ptr<Link>& link) {
     }
 }
 
+void ActorCore::fail_link_later(const std::shared_ptr<Link>& link, std::exception_ptr error) {
+    post([this, weak = std::weak_ptr<Link>(link), error = std::move(error)] {
+        if (const std::shared_ptr<Link> l = weak.lock()) link_error(l, error);
+    });
+}
+
 void ActorCore::link_error(const std::shared_ptr<Link>& link,
                            const std::exception_ptr& error) noexcept {
+    // The log line names the peer (issue 9: a corrupt peer is logged); once per link, since a
+    // link that failed already ignores the rest.
+    const auto log = [&](const std::exception_ptr& why) {
+        if (link->state() == LinkState::failed || link->state() == LinkState::closed ||
+            link->state() == LinkState::dead) {
+            return;
+        }
+        try {
+            std::rethrow_exception(why);
+        } catch (const std::exception& e) {
+            // e.what() starts with "link to <peer> failed: ".
+            std::fprintf(stderr, "shmctx: %s: %s\n", uid_.to_string().c_str(), e.what());
+        } catch (...) {
+        }
+    };
     try {
         std::rethrow_exception(error);
-    } catch (const LayoutError&) {
-        link_lost(link, LinkState::failed, error);
+    } catch (const LayoutError& e) {
+        // A version mismatch keeps its type (it is not corruption); the text names the peer.
+        try {
+            const std::exception_ptr why = std::make_exception_ptr(
+                LayoutError("link to " + link->peer().to_string() + " failed: " + e.what()));
+            log(why);
+            link_lost(link, LinkState::failed, why);
+        } catch (...) {
+            report_to_stderr("failing a link", std::current_exception());
+        }
     } catch (const std::exception& e) {
         // A corrupt record or ring fails this link only (DESIGN.md §2 trust boundary).
         try {
-            link_lost(link, LinkState::failed,
-                      std::make_exception_ptr(ProtocolError("link to " + link->peer().to_string() +
-                                                            " failed: " + e.what())));
+            const std::string prefix = "link to " + link->peer().to_string() + " failed: ";
+            const bool named = std::string_view(e.what()).starts_with(prefix);
+            const std::exception_ptr why =
+                named ? error : std::make_exception_ptr(ProtocolError(prefix + e.what()));
+            log(why);
+            link_lost(link, LinkState::failed, why);
         } catch (...) {
             report_to_stderr("failing a link", std::current_exception());
         }

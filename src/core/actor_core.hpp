@@ -177,6 +177,9 @@ public:
     void wake_control_loop() noexcept;
     /// Runs `fn` on the control loop at its next pass.
     void post(std::function<void()> fn);
+    /// A data ring of `link` failed validation (found by a task thread, which may hold a
+    /// context's mutex): the control loop fails the link with `error` (link_error).
+    void fail_link_later(const std::shared_ptr<Link>& link, std::exception_ptr error);
 
     /// The actor's overflow drainer, started on first use (DESIGN.md §4.2). After shutdown a
     /// stopped one, whose schedule() refuses (the caller discards).

@@ -272,9 +272,15 @@ void ContextState::on_stream_open(const shm::CarveDescriptor& descriptor) {
         Lock lock(mu_);
         if (!in_ && !finished_) {
             const std::span<std::byte> region = arena->attach(descriptor);  // ProtocolError
-            in_ = std::make_unique<shm::RingReader>(
-                shm::RingReader::attach(region, descriptor.generation, link_->peer_wakes(),
-                                        shm::RingReaderOptions{kMaxDataKind}));
+            try {
+                in_ = std::make_unique<shm::RingReader>(
+                    shm::RingReader::attach(region, descriptor.generation, link_->peer_wakes(),
+                                            shm::RingReaderOptions{kMaxDataKind}));
+            } catch (const LayoutError& e) {
+                // The versions were agreed at link set-up: a data ring of another layout (a
+                // wrong magic) is a corrupt announcement, not a version mismatch.
+                throw ProtocolError("data ring of context " + cid_.to_string() + ": " + e.what());
+            }
             in_desc_ = descriptor;
             if (stream_options_) {
                 if (stream_options_->msg_buffer_size != 0) {
@@ -945,11 +951,15 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
                 if (!raise) return SendStatus::peer_stopped;
                 throw EndOfChannel("the " + std::string(to_string(opposite(side_))) +
                                    " side of context " + cid_.to_string() + " closed its stream");
-            case shm::WriteResult::protocol_error:
+            case shm::WriteResult::protocol_error: {
+                // The peer corrupted the consumer words of our ring: the link fails with it.
+                auto error = std::make_exception_ptr(ProtocolError(
+                    "data ring of context " + cid_.to_string() + " to " + peer().to_string() +
+                    ": " + std::string(out.ring().error_text())));
+                core_->fail_link_later(link_, error);
                 if (!raise) return SendStatus::peer_error;
-                throw ProtocolError("data ring of context " + cid_.to_string() + " to " +
-                                    peer().to_string() + ": " +
-                                    std::string(out.ring().error_text()));
+                std::rethrow_exception(error);
+            }
         }
         // Full, or behind a spill. The receiver's declaration decides (DESIGN.md §4.2).
         OverrunLimit limit =
@@ -1151,8 +1161,9 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
                 if (record.kind < kDataKindBase) {
                     in_->release();
                     in_error_ = std::make_exception_ptr(ProtocolError(
-                        "data ring of context " + cid_.to_string() + ": record kind " +
-                        std::to_string(record.kind) + " is not a payload kind"));
+                        "data ring of context " + cid_.to_string() + " from " + peer().to_string() +
+                        ": record kind " + std::to_string(record.kind) + " is not a payload kind"));
+                    core_->fail_link_later(link_, in_error_);
                     err = in_error_;
                     return Poll::error;
                 }
@@ -1168,9 +1179,10 @@ ContextState::Poll ContextState::poll_locked_out(Message& out, std::exception_pt
                 return Poll::message;
             }
             if (r == shm::ReadResult::protocol_error) {
-                in_error_ = std::make_exception_ptr(ProtocolError("data ring of context " +
-                                                                  cid_.to_string() + ": " +
-                                                                  std::string(in_->error_text())));
+                in_error_ = std::make_exception_ptr(
+                    ProtocolError("data ring of context " + cid_.to_string() + " from " +
+                                  peer().to_string() + ": " + std::string(in_->error_text())));
+                core_->fail_link_later(link_, in_error_);
                 err = in_error_;
                 return Poll::error;
             }
@@ -1282,12 +1294,14 @@ std::size_t ContextState::drain(MessageSink sink, std::size_t max) {
                     max);
                 if (bad_kind != 0) {
                     in_error_ = std::make_exception_ptr(ProtocolError(
-                        "data ring of context " + cid_.to_string() + ": record kind " +
-                        std::to_string(bad_kind) + " is not a payload kind"));
+                        "data ring of context " + cid_.to_string() + " from " + peer().to_string() +
+                        ": record kind " + std::to_string(bad_kind) + " is not a payload kind"));
+                    core_->fail_link_later(link_, in_error_);
                 } else if (r.status == shm::ReadResult::protocol_error) {
                     in_error_ = std::make_exception_ptr(
-                        ProtocolError("data ring of context " + cid_.to_string() + ": " +
-                                      std::string(in_->error_text())));
+                        ProtocolError("data ring of context " + cid_.to_string() + " from " +
+                                      peer().to_string() + ": " + std::string(in_->error_text())));
+                    core_->fail_link_later(link_, in_error_);
                 }
                 // The messages before a corruption are delivered; its error comes next call.
                 if (count != 0) return Poll::message;

@@ -79,7 +79,33 @@ Link::~Link() = default;
 
 std::exception_ptr Link::failure() const {
     const std::lock_guard lock(state_mu_);
-    return failure_;
+    return failure_ ? failure_ : out_failure_;
+}
+
+std::exception_ptr Link::out_failure() const {
+    // [link.out_failed] pairs with the store in break_out_locked(): out_failure_ is set before.
+    if (!out_failed_.load(std::memory_order::acquire)) return nullptr;
+    const std::lock_guard lock(state_mu_);
+    return out_failure_;
+}
+
+void Link::break_out_locked(shm::WriteResult why) {
+    out_broken_ = true;
+    if (why != shm::WriteResult::protocol_error) return;
+    {
+        const std::lock_guard lock(state_mu_);
+        if (out_failure_) return;
+        try {
+            out_failure_ =
+                std::make_exception_ptr(ProtocolError("control ring to " + peer_uid_.to_string() +
+                                                      ": " + std::string(out_.error_text())));
+        } catch (...) {
+            out_failure_ = std::current_exception();  // bad_alloc: still a failure
+        }
+    }
+    // [link.out_failed] pairs with the load in out_failure().
+    out_failed_.store(true, std::memory_order::release);
+    if (on_outbox_) on_outbox_();  // the control loop fails the link (service_link)
 }
 
 bool Link::finish(LinkState final_state, std::exception_ptr why) {
@@ -146,9 +172,11 @@ bool Link::flush() {
             // Wake us (slot 0) when the peer frees space; re-check once after advertising
             // so that a release between the failed write and the advertisement is not lost.
             out_.advertise_space_waiter(doorbell_slot_);
-            if (write_record(record, shm::Publish::now) != shm::WriteResult::ok) return false;
+            const shm::WriteResult again = write_record(record, shm::Publish::now);
+            if (again == shm::WriteResult::protocol_error) break_out_locked(again);
+            if (again != shm::WriteResult::ok) return false;
         } else if (r != shm::WriteResult::ok) {
-            out_broken_ = true;
+            break_out_locked(r);
             return false;
         }
         outbox_.pop_front();
@@ -182,7 +210,7 @@ bool Link::write_locked(std::span<const std::byte> record, shm::Publish publish)
         if (r != shm::WriteResult::full_bytes && r != shm::WriteResult::full_msgs) {
             // too_large cannot happen (records are capped far below a quarter of the ring);
             // protocol_error / consumer_closed: the peer broke or abandoned the ring.
-            out_broken_ = true;
+            break_out_locked(r);
             return false;
         }
     }
@@ -221,7 +249,8 @@ void Link::wake_reader_soon(std::uint64_t published) noexcept {
     }
     const std::lock_guard lock(out_mu_);
     // [wake.storeload] + ring, as publish() would have done at once.
-    if (out_.wake_consumer() != shm::WriteResult::ok) out_broken_ = true;
+    const shm::WriteResult r = out_.wake_consumer();
+    if (r != shm::WriteResult::ok) break_out_locked(r);
 }
 
 void Link::advertise_doorbell(bool sleeping) noexcept {

@@ -175,7 +175,15 @@ public:
     /// rings its control loop's doorbell. Set before the link is shared.
     void set_on_outbox(std::function<void()> fn) { on_outbox_ = std::move(fn); }
 
+    /// Set when our control ring's writer found the peer's consumer words corrupt: the
+    /// ProtocolError the control loop fails this link with (ActorCore::service_link), and which
+    /// failure() reports until then. Null otherwise. Cheap: one acquire load when unset.
+    std::exception_ptr out_failure() const;
+
 private:
+    /// out_mu_ held: our outbound ring can take no more records; a protocol_error (the peer's
+    /// words failed validation) is recorded for out_failure() and the control loop is woken.
+    void break_out_locked(shm::WriteResult why);
     /// Under out_mu_: writes one record or queues it; returns false when the ring is broken.
     bool write_locked(std::span<const std::byte> record, shm::Publish publish);
     /// One record onto the control ring (out_mu_ held, or in the constructor).
@@ -199,8 +207,12 @@ private:
     std::atomic<LinkState> state_{LinkState::awaiting_peer};
     std::atomic<bool> cancel_called_{false};
     std::atomic<bool> unresponsive_{false};
-    mutable std::mutex state_mu_;  // guards failure_
+    mutable std::mutex state_mu_;  // guards failure_ and out_failure_
     std::exception_ptr failure_;
+    // The peer corrupted the consumer words of our control ring (a bad head, read count or
+    // wake slot): set once, then the control loop fails the link with it (out_failure()).
+    std::exception_ptr out_failure_;
+    std::atomic<bool> out_failed_{false};  // [link.out_failed]
 
     std::mutex arena_mu_;  // guards arena_ (carve, release, collect)
     shm::Arena arena_;
@@ -243,8 +255,9 @@ bool Link::send_owing(bool* owes, Owed&& owed, Encode&& encode, shm::Publish pub
         if (!write_locked(record, shm::Publish::deferred)) return false;
         if (publish == shm::Publish::now) {
             // The wake, if the peer's reader advertised one, is left to wake_reader_soon().
-            if (out_.publish_deferring_wake(wake_owed) != shm::WriteResult::ok) {
-                out_broken_ = true;
+            const shm::WriteResult r = out_.publish_deferring_wake(wake_owed);
+            if (r != shm::WriteResult::ok) {
+                break_out_locked(r);
                 return false;
             }
             published = out_.published_tail();
