@@ -827,7 +827,15 @@ void ContextState::ensure_out_ring() {
         out = std::make_shared<OutboundStream>(
             shm::RingWriter::create(carve.body, params, link_->peer_wakes()),
             SpillLimits{stream_options().spill_cap_msgs, stream_options().spill_cap_bytes},
-            "context " + cid_.to_string() + " to " + peer().to_string());
+            "context " + cid_.to_string() + " to " + peer().to_string(),
+            // The drainer found the peer's consumer words corrupt: fail the link (weak: the
+            // stream may outlive neither; the control loop does the failing).
+            [core = std::weak_ptr<ActorCore>(core_),
+             link = std::weak_ptr<Link>(link_)](std::exception_ptr error) {
+                const auto c = core.lock();
+                const auto l = link.lock();
+                if (c && l) c->fail_link_later(l, std::move(error));
+            });
     } catch (...) {
         link_->release(carve.descriptor);
         throw;

@@ -10,6 +10,7 @@
 #include <new>
 #include <utility>
 
+#include "shmctx/errors.hpp"
 #include "shmctx/shm/fault.hpp"
 
 namespace shmctx::detail {
@@ -143,10 +144,12 @@ void(SpillQueueTraits::free)(void* ptr) {
 
 // ============================== OutboundStream ==============================
 
-OutboundStream::OutboundStream(shm::RingWriter ring, SpillLimits limits, std::string label)
+OutboundStream::OutboundStream(shm::RingWriter ring, SpillLimits limits, std::string label,
+                               BrokenRingHandler on_broken)
     : ring_(std::move(ring)),
       limits_(limits),
       label_(std::move(label)),
+      on_broken_(std::move(on_broken)),
       queue_(0),  // no blocks until the first spill: most streams never spill
       token_(queue_) {}
 
@@ -303,7 +306,16 @@ OutboundStream::Drain OutboundStream::drain_some(std::size_t budget, std::size_t
         }
         // consumer_closed, protocol_error (too_large cannot happen: the sender checked): the
         // peer stopped reading or broke the ring; nothing more can be delivered (the owner
-        // logs the count).
+        // logs the count). A broken ring also fails the link, as a send that found it would.
+        if (r == shm::WriteResult::protocol_error && on_broken_ && !broken_reported_) {
+            broken_reported_ = true;
+            try {
+                on_broken_(std::make_exception_ptr(ProtocolError("data ring of " + label_ + ": " +
+                                                                 std::string(ring_.error_text()))));
+            } catch (...) {
+                // Posting the failure allocates; the discard below still ends the spill.
+            }
+        }
         discarding_.store(true, std::memory_order::release);  // [spill.discard]
     }
     moved = written + dropped;

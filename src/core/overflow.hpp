@@ -27,6 +27,8 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -126,7 +128,13 @@ struct SpillQueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
 /// drain_some()/advertise()/has_space(); request_discard() and the counters from any thread.
 class OutboundStream : public std::enable_shared_from_this<OutboundStream> {
 public:
-    OutboundStream(shm::RingWriter ring, SpillLimits limits, std::string label);
+    /// Called once, on the drainer thread, when the drainer finds the ring broken by the peer
+    /// (the peer corrupted its consumer words): the link must fail with the ProtocolError it
+    /// gets, as it would on the sending thread (the spill is discarded either way).
+    using BrokenRingHandler = std::function<void(std::exception_ptr)>;
+
+    OutboundStream(shm::RingWriter ring, SpillLimits limits, std::string label,
+                   BrokenRingHandler on_broken = {});
     OutboundStream(const OutboundStream&) = delete;
     OutboundStream& operator=(const OutboundStream&) = delete;
 
@@ -220,8 +228,10 @@ private:
 
     shm::RingWriter ring_;
     const SpillLimits limits_;
-    const std::string label_;  // "context <cid> to <peer>", for the discard log
-    SpillArena arena_;         // before the queue and held_: their items release into it
+    const std::string label_;            // "context <cid> to <peer>", for the discard log
+    const BrokenRingHandler on_broken_;  // drainer thread, once (broken_reported_)
+    bool broken_reported_ = false;       // drainer thread only
+    SpillArena arena_;                   // before the queue and held_: their items release into it
     moodycamel::ConcurrentQueue<SpillItem, SpillQueueTraits> queue_;
     moodycamel::ProducerToken token_;  // the sending thread's (rule 1)
 
