@@ -101,8 +101,9 @@ public:
     /// The result (value or error) is in.
     bool ready() const;
     /// Waits for the result: returns the value or raises the function's error (a
-    /// RemoteActorError with the original type, ActorFailed if the process died). Waits observe
-    /// the caller's cancel scope; TimedOut when `deadline` passes first.
+    /// RemoteActorError with the original type; PeerDied if the process died, which the
+    /// nursery also reports as an ActorFailed naming how it ended). Waits observe the caller's
+    /// cancel scope; TimedOut when `deadline` passes first.
     Payload get(Deadline deadline = Deadline::never()) const;
 
 private:
