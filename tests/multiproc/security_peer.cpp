@@ -50,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "private_shm.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
 #include "shmctx/errors.hpp"
@@ -311,18 +312,8 @@ std::size_t objects_of(const shm::Names& names) {
 }
 
 int run_exhaust(const std::string& ns) {
-    if (::unshare(CLONE_NEWNS) != 0) {
-        say(std::string("skip unshare(CLONE_NEWNS): ") + std::strerror(errno));
-        return 0;
-    }
-    // Private first, so that the tmpfs below cannot propagate to the host's mount tree.
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-        say(std::string("skip mount(/, MS_REC|MS_PRIVATE): ") + std::strerror(errno));
-        return 0;
-    }
-    if (::mount("shmctx-test", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=1777") !=
-        0) {
-        say(std::string("skip mount(tmpfs size=4m on /dev/shm): ") + std::strerror(errno));
+    if (const std::string why = test::mount_private_dev_shm("4m"); !why.empty()) {
+        say("skip " + why);
         return 0;
     }
     say("mounted free=" + std::to_string(shm::shm_free_bytes()));

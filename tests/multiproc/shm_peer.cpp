@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "private_shm.hpp"
 #include "process.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/shm/fault.hpp"
@@ -68,19 +69,8 @@ std::size_t objects_of(const shm::Names& names) {
 }
 
 int run_exhaust(const std::string& ns) {
-    // A private mount namespace, so that the small tmpfs hides /dev/shm for this process only.
-    if (::unshare(CLONE_NEWNS) != 0) {
-        say(std::string("skip unshare(CLONE_NEWNS): ") + std::strerror(errno));
-        return 0;
-    }
-    // Without this, the tmpfs mount could propagate back to the host's (shared) mount tree.
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-        say(std::string("skip mount(/, MS_REC|MS_PRIVATE): ") + std::strerror(errno));
-        return 0;
-    }
-    if (::mount("shmctx-test", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=1777") !=
-        0) {
-        say(std::string("skip mount(tmpfs size=1m on /dev/shm): ") + std::strerror(errno));
+    if (const std::string why = test::mount_private_dev_shm("1m"); !why.empty()) {
+        say("skip " + why);
         return 0;
     }
     say("mounted free=" + std::to_string(shm::shm_free_bytes()));
