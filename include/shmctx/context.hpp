@@ -178,9 +178,12 @@ public:
         if (view_.kind() != PayloadKind::flatbuffer) throw_not_flatbuffer();
         return verified_root<T>(view_.bytes());
     }
-    /// A FlexBuffers scalar or string (Payload::value<T>()); copies.
+    /// A FlexBuffers scalar or string (Payload::value<T>()); copies. Not std::string_view: it
+    /// would view the temporary copy (use std::string, or to_payload() kept alive).
     template <class T>
     T value() const {
+        static_assert(!std::is_same_v<T, std::string_view>,
+                      "Message::value<std::string_view>() would dangle: use std::string");
         return to_payload().value<T>();
     }
     Payload to_payload() const { return Payload::copy(view_); }

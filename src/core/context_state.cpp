@@ -572,14 +572,22 @@ void ContextState::started(PayloadView value) {
         }
         started_ = true;
     }
-    const bool sent = ship([&](wire::ControlEncoder& enc) {
-        const std::span<const std::byte> rec = enc.started(cid_, value);
-        if (rec.size() > enc.max_record_bytes()) {
-            throw PayloadTooLarge("started() value of '" + fn_ + "'", rec.size(),
-                                  enc.max_record_bytes());
-        }
-        return rec;
-    });
+    bool sent = false;
+    try {
+        sent = ship([&](wire::ControlEncoder& enc) {
+            const std::span<const std::byte> rec = enc.started(cid_, value);
+            if (rec.size() > enc.max_record_bytes()) {
+                throw PayloadTooLarge("started() value of '" + fn_ + "'", rec.size(),
+                                      enc.max_record_bytes());
+            }
+            return rec;
+        });
+    } catch (const PayloadTooLarge&) {
+        // Nothing was sent: a retry with a smaller value is the first started(), not a second.
+        const Lock lock(mu_);
+        started_ = false;
+        throw;
+    }
     if (!sent) {
         const Lock lock(mu_);
         if (transport_error_) std::rethrow_exception(transport_error_);

@@ -15,7 +15,8 @@ namespace shmctx::test {
 /// /dev/shm there. Returns "" on success, else why it could not (the caller reports a skip:
 /// it needs CAP_SYS_ADMIN).
 inline std::string mount_private_dev_shm(const std::string& size) {
-    if (::unshare(CLONE_NEWNS) != 0) return std::string("unshare(CLONE_NEWNS): ") + std::strerror(errno);
+    if (::unshare(CLONE_NEWNS) != 0)
+        return std::string("unshare(CLONE_NEWNS): ") + std::strerror(errno);
     // Private first: without it the tmpfs mount could propagate to the host's (shared) tree.
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
         return std::string("mount(/, MS_REC|MS_PRIVATE): ") + std::strerror(errno);

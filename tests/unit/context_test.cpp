@@ -972,6 +972,27 @@ TEST_F(ContextTest, StartedValueOverTheRecordCapRaisesInTheChildAndAtEntry) {
     EXPECT_TRUE(child_saw_too_large);
 }
 
+// A started() refused as too large sent nothing: a retry with a smaller value is the first
+// started(), and the context goes on (it raised "called twice" before; semantics review).
+TEST_F(ContextTest, StartedRetriedAfterPayloadTooLargeIsTheFirstStarted) {
+    Actor parent("parent", with_record_cap(options(), kRecordCap));
+    Actor child("child", with_record_cap(options(), kRecordCap));
+    child.expose("retry_started", [](Context& ctx, const Payload&) -> Payload {
+        EXPECT_THROW(ctx.started(Payload::value(kBigText)), PayloadTooLarge);
+        ctx.started(Payload::value("small"));
+        return Payload::value(std::int64_t{7});
+    });
+    Portal portal = parent.connect("child");
+    std::string first;
+    const auto result =
+        portal.open_context("retry_started", {}, [&](Context& ctx, const Payload& started) {
+            first = started.value<std::string>();
+            return ctx.wait_for_result().value().value<std::int64_t>();
+        });
+    EXPECT_EQ(first, "small");
+    EXPECT_EQ(result.value, 7);
+}
+
 // Start arguments over the cap never leave the parent: a local PayloadTooLarge.
 TEST_F(ContextTest, StartArgumentsOverTheRecordCapRaiseLocally) {
     Actor parent("parent", with_record_cap(options(), kRecordCap));
