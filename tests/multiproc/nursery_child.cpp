@@ -21,6 +21,7 @@
 //   stuck             appends "stuck <name>" to the exit log (if any), then sleeps 60 s
 //                     ignoring cancellation (a child that does not stop)
 //   cancel_self       Actor::cancel() on its own actor, then returns
+//   exposed           returns nothing; exposed last (see main)
 //   subtree           int depth: if depth > 0 opens a nursery, starts "<name>-sub" from this
 //                     executable and opens `subtree(depth - 1)` on it; started() with the pids of
 //                     this process and every process below it ("p1 p2 ..."), then sleeps until
@@ -177,6 +178,9 @@ int main(int argc, char** argv) {
         actor.expose("subtree", [&actor, exe](Context& ctx, const Payload& args) {
             return subtree(actor, exe, ctx, args);
         });
+        // Exposed last: a peer that started us without a nursery (no ready line) calls it
+        // until it answers, and then every endpoint above is there.
+        actor.expose("exposed", [](Context&, const Payload&) { return Payload{}; });
     });
     if (!exit_log.empty()) {
         std::ofstream(exit_log, std::ios::app) << "exit " << g_name << " " << code << "\n";

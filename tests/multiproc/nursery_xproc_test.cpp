@@ -82,6 +82,26 @@ std::vector<pid_t> parse_pids(const std::string& text) {
     return pids;
 }
 
+/// A nursery_child started without a nursery has no ready line: its actor is connectable
+/// before run_actor's setup has exposed its endpoints. Calls its last-exposed endpoint until
+/// it answers (NotExposed until then).
+Portal connect_when_exposed(Actor& actor, const std::string& name) {
+    Portal p = actor.connect(name, kDeadline);
+    const bool exposed = test::wait_until(
+        [&] {
+            try {
+                (void)p.run("exposed", {}, kDeadline);
+                return true;
+            } catch (const RemoteActorError& e) {
+                if (!e.boxed_is<NotExposed>()) throw;
+                return false;
+            }
+        },
+        kDeadline);
+    if (!exposed) throw std::runtime_error(name + " never exposed its endpoints");
+    return p;
+}
+
 class Nursery : public ::testing::Test {
 protected:
     Nursery() { test::register_test_errors(); }
@@ -593,7 +613,7 @@ TEST_F(Nursery, ParentKilledWithSigkillTakesItsChildrenWithIt) {
         test::spawn(exe_, {}, {"SHMCTX_ACTOR_NAME=parent", "SHMCTX_NS=" + guard_.names.ns()});
     std::vector<pid_t> pids;
     {
-        Portal p = root.connect("parent", kDeadline);
+        Portal p = connect_when_exposed(root, "parent");
         std::thread killer;
         const auto e = capture([&] {
             (void)p.open_context("subtree", Payload::value(2).view(),
@@ -629,7 +649,7 @@ TEST_F(Nursery, RunActorTurnsSigintIntoItsOwnCancel) {
     Actor root("root", options());
     test::Child child =
         test::spawn(exe_, {}, {"SHMCTX_ACTOR_NAME=sig", "SHMCTX_NS=" + guard_.names.ns()});
-    Portal p = root.connect("sig", kDeadline);
+    Portal p = connect_when_exposed(root, "sig");
     const auto e = capture([&] {
         (void)p.open_context("sleep_forever", {}, [&](Context& ctx, const Payload&) {
             child.kill(SIGINT);
@@ -648,7 +668,7 @@ TEST_F(Nursery, RunActorExitsWith143OnSigterm) {
     test::Child child =
         test::spawn(exe_, {}, {"SHMCTX_ACTOR_NAME=term", "SHMCTX_NS=" + guard_.names.ns()});
     Actor root("root", options());
-    (void)root.connect("term", kDeadline);  // it is up
+    (void)connect_when_exposed(root, "term");  // it is up
     child.kill(SIGTERM);
     const auto status = child.wait(kDeadline);
     ASSERT_TRUE(status.has_value());
