@@ -131,8 +131,12 @@ public:
     ///    absorbed cancel returned in `outcome`);
     ///  - a body error cancels the context and is rethrown unchanged;
     ///  - an EndOfChannel of this context's own stream escaping the body is absorbed.
-    /// Opening a context with our own actor: InvalidOperation. TransportClosed/PeerDied when
-    /// the link is lost. Blocking waits observe the caller's cancel scope.
+    /// Opening a context with our own actor: InvalidOperation; an empty `fn`:
+    /// std::invalid_argument; Start arguments over the control-record cap: PayloadTooLarge.
+    /// The link's loss raises its error (TransportClosed, PeerDied, PeerUnresponsive,
+    /// ProtocolError, LayoutError). Blocking waits observe the caller's cancel scope (on a
+    /// thread outside every scope, the actor's: Actor::cancel() reaches them); a cancelled actor
+    /// opens nothing (shmctx::Cancelled).
     template <class Body>
     auto open_context(std::string_view fn, PayloadView args, Body&& body, OpenOptions options = {})
         -> ContextResult<std::invoke_result_t<Body&, Context&, const Payload&>> {
@@ -150,7 +154,7 @@ public:
     }
     /// One-shot RPC: opens a context on `fn` and returns its Return value (the child need not
     /// call started()). Raises the child's error; past `deadline` the remote task is
-    /// cancelled and TimedOut raised.
+    /// cancelled and TimedOut raised. Otherwise raises as open_context does.
     Payload run(std::string_view fn, PayloadView args = {}, Deadline deadline = {});
 
     /// Asks the peer actor to cancel itself, with us as requester (spec §3.6): every task it
@@ -194,7 +198,8 @@ public:
     ~Actor();
 
     const Uid& uid() const noexcept;
-    /// Makes `fn` callable by peers (replaces an earlier endpoint of that name).
+    /// Makes `fn` callable by peers (replaces an earlier endpoint of that name). An empty name
+    /// or endpoint: std::invalid_argument.
     void expose(std::string fn, Endpoint endpoint, ExposeOptions options = {});
     /// Links to the live actor `peer_name` of our namespace, waiting up to `deadline` for it
     /// to appear and answer (ActorNotFound naming actor and namespace). A peer of another

@@ -224,9 +224,13 @@ public:
     ~MsgStream();
 
     /// Sends one message. Raises, in this order: the context's remote error (our own
-    /// acknowledged cancel is absorbed), EndOfChannel after the peer's Stop or our close,
-    /// TransportClosed/PeerDied when the link is gone, StreamOverrun when the receiver's
-    /// ring is full (it declared no overruns), PayloadTooLarge beyond max_message_bytes().
+    /// acknowledged cancel is absorbed); the link's loss (TransportClosed, PeerDied,
+    /// PeerUnresponsive, ProtocolError); EndOfChannel after our close or the peer's Stop or
+    /// Return; shmctx::Cancelled when our scope is cancelled; ShmExhausted when the first send
+    /// cannot carve its ring; PayloadTooLarge over a quarter of the data ring; EndOfChannel when
+    /// the receiver closed its ring, ProtocolError when it corrupted it (the link fails too);
+    /// StreamOverrun when the receiver's ring is full and it declared no overruns (or the spill
+    /// cap or block timeout is reached). docs/semantics.md lists each condition.
     void send(PayloadView message);
     /// Never blocks or throws: ok, spilled (queued behind earlier ones for a receiver that
     /// allows overruns), or why not (on_full is not applied: `full` instead).
@@ -270,7 +274,9 @@ public:
     shm::RingCounters outbound_counters() const;
     shm::RingCounters inbound_counters() const;
     /// Sends Stop (idempotent) and ends our receiving: later receive() and send() raise
-    /// EndOfChannel.
+    /// EndOfChannel. Blocks while our spill is flushed to the receiver first (nothing spilled
+    /// is dropped); raises shmctx::Cancelled when our own cancel cut that flush (then no Stop
+    /// is sent). The destructor and move assignment close the same way (without raising).
     void close();
     bool closed() const noexcept;
     /// Largest message send() accepts (a quarter of the data ring).
@@ -358,8 +364,9 @@ public:
     /// InvalidOperation. A value over the control-record cap: PayloadTooLarge.
     void started(PayloadView value = {});
     /// Opens the context's one stream (both sides). Child: after started() (else
-    /// InvalidOperation). A second call: ClosedResourceError (or the recorded ctxc after our own
-    /// cancel, spec §3.5).
+    /// InvalidOperation). A second call, or a call on a handle after the context ended:
+    /// ClosedResourceError. After our own cancel: the recorded ctxc (spec §3.5), or
+    /// InvalidOperation if none is recorded yet.
     MsgStream open_stream(StreamOptions options = {});
 
     /// Parent: asks the peer to cancel its task and waits up to `deadline` for the ack (logged,

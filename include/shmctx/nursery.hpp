@@ -141,7 +141,9 @@ public:
     /// waits until it is ready and returns a portal to it. ActorFailed if it cannot be spawned,
     /// exits or fails in its setup first, or is not ready within start_timeout (then it is
     /// killed); NameTaken (as ActorFailed) if a live actor holds the name; InvalidName;
-    /// InvalidOperation once the nursery is closing. Observes the caller's cancel scope.
+    /// InvalidOperation once the nursery is closing; connect()'s errors once it is ready
+    /// (ActorNotFound, LayoutError, the link's loss); SystemError for a failed pipe or epoll
+    /// call. Observes the caller's cancel scope (shmctx::Cancelled; the child is killed).
     Portal start_actor(const std::string& name, const std::string& exe,
                        const std::vector<std::string>& args = {}, const ChildOptions& options = {});
     /// Like start_actor, then runs `fn(args)` in the child (Portal::run); the function's result

@@ -175,7 +175,8 @@ public:
     /// SpawnOptions) plus `env_extra` ("NAME=value") plus SHMCTX_PARENT_PID=<our pid>. The child
     /// starts with an empty signal mask and default dispositions for every signal. Throws
     /// SpawnError (posix_spawn's errno, e.g. ENOENT or EACCES; ETIMEDOUT; ECANCELED; EINVAL if
-    /// SIGCHLD is ignored or env_extra tries to set SHMCTX_PARENT_PID).
+    /// SIGCHLD is ignored, `exe` is empty, or an env_extra entry is not NAME=value or sets
+    /// SHMCTX_PARENT_PID; EBADF if a pass_fds entry is not an open descriptor).
     ChildProcess spawn(const std::string& exe, const std::vector<std::string>& args = {},
                        const std::vector<std::string>& env_extra = {},
                        const SpawnOptions& options = {});
