@@ -167,18 +167,24 @@ TEST_F(ActorCancelTest, ActorCancelReachesParentBodiesWhichCancelTheirRemoteTask
     });
     Portal portal = root.connect("child");
     std::optional<Context> handle;
+    std::atomic<bool> in_body{false};  // [test] handle is written before it (release/acquire)
     std::exception_ptr raised;
     std::thread opener([&] {
         try {
             portal.open_context("park", {}, [&](Context& ctx, const Payload&) {
                 handle.emplace(ctx.handle());
+                in_body.store(true, std::memory_order::release);
                 test::until_cancelled(ctx, kBlockForever);
             });
         } catch (...) {
             raised = std::current_exception();
         }
     });
+    // Cancel once the body runs: a cancel while open_context still waits for started() raises
+    // Cancelled at entry instead (the waits of a thread outside every scope observe the actor).
     ASSERT_TRUE(test::wait_until([&] { return parked_now.load() == 1; }, kDeadline));
+    ASSERT_TRUE(
+        test::wait_until([&] { return in_body.load(std::memory_order::acquire); }, kDeadline));
     root.cancel();
     opener.join();
     ASSERT_NE(raised, nullptr);
