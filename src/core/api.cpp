@@ -131,7 +131,10 @@ std::shared_ptr<detail::ContextState> open_parent(const std::shared_ptr<detail::
                                core->uid().to_string());
     }
     if (fn.empty()) throw std::invalid_argument("open_context: empty function name");
-    // A cancelled actor opens nothing: its body would be cancelled at once (DESIGN.md §4.6).
+    // A cancelled scope or actor opens nothing (a checkpoint at entry, as trio's blocking calls
+    // do): its body would be cancelled at once (DESIGN.md §4.6), and a Portal::run whose result
+    // arrived before its wait looked at the token would return as if never cancelled.
+    detail::checkpoint();
     if (core->root_scope().cancelled()) detail::throw_cancelled();
     wire::ContextSettings own;
     own.msg_buffer_size =
