@@ -185,7 +185,7 @@ void EndpointPool::run_worker(Worker* w) noexcept {
                 lock.unlock();
                 const auto until = Clock::now() + options_.spin_before_sleep;
                 if (options_.on_idle_watch) options_.on_idle_watch(true);
-                // [pool.assign]: acquire pairs with the release in try_submit.
+                // [pool.assign]: acquire pairs with the releases in try_submit and shutdown.
                 Backoff backoff;
                 while (!w->assigned.load(std::memory_order::acquire) &&
                        (!backoff.time_to_check() || Clock::now() < until)) {
@@ -236,7 +236,13 @@ void EndpointPool::shutdown() {
     }
     std::unique_lock lock(mutex_);
     stopping_ = true;
-    for (Worker* w = idle_newest_; w != nullptr; w = w->idle_older) w->cv.notify_one();
+    for (Worker* w = idle_newest_; w != nullptr; w = w->idle_older) {
+        // A worker still watching for its next task (spin_before_sleep, which a user may set
+        // to hours) ends its watch as if handed a task, then finds none and stops.
+        // [pool.assign] pairs with the acquire in run_worker's watch loop.
+        w->assigned.store(true, std::memory_order::release);
+        w->cv.notify_one();
+    }
     changed_.wait(lock, [this] { return workers_.empty(); });
     std::thread last = std::move(zombie_);
     lock.unlock();

@@ -859,6 +859,24 @@ TEST(EndpointPool, ShutdownWaitsForRunningTasksJoinsEveryThreadAndRefusesNewTask
         << test::library_threads() << " threads, " << before << " before";
 }
 
+// A worker that finished a task watches for the next one for spin_before_sleep; shutdown must
+// end that watch instead of waiting it out (an Actor with a long spin_before_sleep hung in its
+// destructor).
+TEST(EndpointPool, ShutdownEndsAnIdleWorkersWatchAtOnce) {
+    EndpointPoolOptions o = pool_options(4, std::chrono::seconds(60));
+    o.spin_before_sleep = std::chrono::hours(1);
+    auto pool = std::make_unique<EndpointPool>(std::move(o));
+    std::promise<void> ran;
+    ASSERT_TRUE(pool->try_submit([&] { ran.set_value(); }));
+    ASSERT_EQ(ran.get_future().wait_for(kDeadline), std::future_status::ready);
+    ASSERT_TRUE(test::wait_until([&] { return pool->stats().idle == 1; }, kDeadline));
+    auto shutdown = std::async(std::launch::async, [&] { pool->shutdown(); });
+    ASSERT_EQ(shutdown.wait_for(kDeadline), std::future_status::ready)
+        << "shutdown waited for the idle worker's watch";
+    shutdown.get();
+    EXPECT_EQ(pool->threads(), 0u);
+}
+
 TEST(EndpointPool, RunsEveryTaskOfALongSubmitLoopExactlyOnce) {
     const std::size_t n = test::scaled(1000, 100);
     const std::size_t before = test::library_threads();
