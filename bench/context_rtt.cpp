@@ -79,6 +79,7 @@
 #include <utility>
 #include <vector>
 
+#include "cancel.hpp"
 #include "harness.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -98,13 +99,6 @@ constexpr std::string_view kServerFlag = "--context-server";
 constexpr std::string_view kEndpoint = "echo";
 /// Returns args + 1 without started(): the plain one-shot RPC.
 constexpr std::string_view kPlainEndpoint = "echo_plain";
-/// started(args), opens its stream, blocks in receive(): only a cancel ends it.
-constexpr std::string_view kParkEndpoint = "park";
-/// started(args), opens its stream (on_full = block), fills the parent's inbound ring with
-/// try_send, then blocks in send(): only a cancel ends it.
-constexpr std::string_view kParkFullEndpoint = "park_full";
-/// Bytes of each message that fills a ring in park_full (both directions).
-constexpr std::size_t kFillBytes = 64;
 /// Bar of issue #4: open_context p50 <= this × the ring's block-mode p50.
 constexpr double kBar = 6.0;
 /// Bar of issue #6: cancel p50 <= this × the ring's block-mode p50 (both cancel kinds).
@@ -330,34 +324,7 @@ int server_main(std::span<const std::string_view> args) {
         });
         actor.expose(std::string(kPlainEndpoint),
                      [](Context&, const Payload& in) { return successor(in); });
-        actor.expose(std::string(kParkEndpoint), [](Context& ctx, const Payload& in) -> Payload {
-            ctx.started(in);
-            MsgStream stream = ctx.open_stream();
-            (void)stream.receive();  // nothing is ever sent: only the parent's cancel ends this
-            throw std::logic_error("park: received a message nobody sent");
-        });
-        actor.expose(std::string(kParkFullEndpoint),
-                     [](Context& ctx, const Payload& in) -> Payload {
-                         ctx.started(in);
-                         StreamOptions options;
-                         options.on_full = OnFull::block;
-                         MsgStream stream = ctx.open_stream(options);
-                         const std::array<std::byte, kFillBytes> bytes{};
-                         const PayloadView message{std::span<const std::byte>(bytes)};
-                         for (;;) {
-                             const SendStatus s = stream.try_send(message);
-                             if (s == SendStatus::full) break;
-                             if (s == SendStatus::cancelled) ctx.checkpoint();  // throws Cancelled
-                             if (s != SendStatus::ok) {
-                                 throw std::runtime_error("park_full: try_send returned " +
-                                                          std::string(to_string(s)));
-                             }
-                         }
-                         // The parent never reads: this blocks (full_events moves a second time,
-                         // which the parent waits for) until the cancel.
-                         stream.send(message);
-                         throw std::logic_error("park_full: a send into a full ring returned");
-                     });
+        expose_cancel_endpoints(actor);  // "park", "park_full" (bench/harness/cancel.hpp)
         say("ready");
         char buf[64];
         while (std::fgets(buf, sizeof buf, stdin) != nullptr) {
@@ -497,11 +464,6 @@ private:
 
 // ---- measurements ----
 
-std::uint32_t clamp_ns(Clock::duration d) {
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
-    return static_cast<std::uint32_t>(std::clamp<std::int64_t>(ns, 0, UINT32_MAX));
-}
-
 /// One open_context round trip with argument `tag`; checks the started value and the result
 /// (CheckFailed, the harness's "a failed check"). Returns its latency.
 Clock::duration open_context_once(Portal& portal, std::int64_t tag) {
@@ -532,99 +494,6 @@ Clock::duration run_once(Portal& portal, std::string_view fn, std::int64_t tag, 
         throw CheckFailed("run: result " + std::to_string(got) + ", expected " +
                           std::to_string(tag + 1));
     return t1 - t0;
-}
-
-/// All counters of a ring, for a failed check's message.
-std::string describe(const shm::RingCounters& c) {
-    return "sent " + std::to_string(c.sent) + ", received " + std::to_string(c.received) +
-           ", payload bytes " + std::to_string(c.payload_bytes) + ", full events " +
-           std::to_string(c.full_events) + ", overruns " + std::to_string(c.overruns) +
-           ", spilled " + std::to_string(c.spilled);
-}
-
-/// Waits until the child of a park_full context has filled our inbound ring and blocks in
-/// send(), after we filled its inbound ring: both data rings full, nobody reading. The child's
-/// try_send that found our ring full counts one full event of that ring, its blocking send()'s
-/// first attempt a second, so two mean it is in send() (or about to wait in it). Polls the
-/// ring's counters (no sleep); CheckFailed after `stall`, the child's error as soon as it is
-/// recorded.
-void fill_both_rings(Context& ctx, MsgStream& stream, Duration stall) {
-    const std::array<std::byte, kFillBytes> bytes{};
-    const PayloadView message{std::span<const std::byte>(bytes)};
-    std::size_t sent = 0;
-    SendStatus s = SendStatus::ok;
-    while ((s = stream.try_send(message)) == SendStatus::ok) ++sent;
-    if (s != SendStatus::full || sent == 0) {
-        throw CheckFailed("park_full: the parent's try_send returned " + std::string(to_string(s)) +
-                          " after " + std::to_string(sent) +
-                          " messages, expected full after at least one");
-    }
-    const Deadline deadline(stall);
-    for (;;) {
-        // The counters are separate words read one after the other (ring.hpp: a snapshot may
-        // be stale), and this thread may be descheduled between two reads: one snapshot can
-        // show the child's full events but not yet its messages. So `sent` is part of the
-        // condition, not asserted from the same snapshot; a ring that never shows both fails at
-        // the deadline below.
-        const shm::RingCounters in = stream.inbound_counters();
-        if (in.full_events >= 2 && in.sent != 0) {
-            if (in.received != 0) {
-                throw CheckFailed("park_full: our inbound ring says " + describe(in) +
-                                  "; expected a full ring nobody read");
-            }
-            return;
-        }
-        if (const std::exception_ptr e = ctx.remote_error()) std::rethrow_exception(e);
-        if (deadline.expired()) {
-            throw CheckFailed(
-                "park_full: the child did not fill our inbound ring and block in send() within "
-                "the stall limit (our inbound ring: " +
-                describe(in) + "; our outbound ring: " + describe(stream.outbound_counters()) +
-                ")");
-        }
-        std::this_thread::yield();  // the child's threads may share our CPU (free placement)
-    }
-}
-
-/// One cancel of a parked child: open_context on "park" or (`full`) "park_full"; in the body,
-/// for park_full both data rings are filled first (fill_both_rings), then `cancel_after` passes
-/// and ctx.cancel() is timed alone. Checks the started value, that the cancel was acknowledged
-/// (the ctxc recorded when cancel() returned) and that open_context absorbed it. Returns the
-/// cancel's latency.
-Clock::duration cancel_once(Portal& portal, bool full, std::int64_t tag, Duration stall,
-                            Duration cancel_after) {
-    const Payload args = Payload::value(tag);
-    Clock::duration latency{};
-    bool acked = false;
-    const char* what = full ? "cancel (park_full)" : "cancel (park)";
-    auto r = portal.open_context(
-        full ? kParkFullEndpoint : kParkEndpoint, args, [&](Context& ctx, const Payload& first) {
-            if (first.value<std::int64_t>() != tag) {
-                throw CheckFailed(std::string(what) + ": started value is not the argument " +
-                                  std::to_string(tag));
-            }
-            std::optional<MsgStream> stream;
-            if (full) {
-                stream.emplace(ctx.open_stream());
-                fill_both_rings(ctx, *stream, stall);
-            }
-            if (cancel_after > Duration::zero()) std::this_thread::sleep_for(cancel_after);
-            const auto t0 = Clock::now();
-            ctx.cancel();
-            const auto t1 = Clock::now();
-            latency = t1 - t0;
-            acked = ctx.cancel_acked();
-        });
-    if (!acked) {
-        throw CheckFailed(std::string(what) +
-                          ": cancel() returned without the child's ContextCancelled recorded");
-    }
-    if (!r.outcome.is_absorbed_cancel()) {
-        r.outcome.rethrow_if_error();
-        throw CheckFailed(std::string(what) +
-                          ": open_context did not return our own cancel as absorbed");
-    }
-    return latency;
 }
 
 /// The calls measured in phase B, in this order.
@@ -679,7 +548,7 @@ std::vector<std::uint32_t> measure(Kind kind, Portal& portal, std::size_t n, std
                 break;
         }
         ++tag;
-        samples.push_back(clamp_ns(d));
+        samples.push_back(saturated_ns(d));
         watchdog.tick(Clock::now());
     }
     watchdog.disarm();

@@ -4,9 +4,10 @@
 //   shmctx_bench_stream [--rounds 5] [--messages N] [--spill-seconds 10] [--rate R]
 //                       [--quick] [--json FILE] [--help]
 //
-// Processes: this program posix_spawns one copy of itself as `--stream-server` (an Actor exposing
-// "sink" and "sink_overrun", which consume a stream and check every sequence number) and, for
-// every ring measurement, the harness's own peers (bench::run()).
+// Processes: this program posix_spawns one copy of itself as the harness's stream server
+// (`--role stream-server`, bench/harness/spill.hpp: an Actor exposing "sink" and "sink_overrun",
+// which consume a stream and check every sequence number) and, for every ring measurement, the
+// harness's own peers (bench::run()). Phase C is the harness's spill_run (spill.hpp).
 //
 // Rounds, interleaved A B A B ... (bench/README.md §1.2):
 //  A  bench::run(): the harness's one-way throughput of "shmctx-drain" (try_write, publish each,
@@ -24,30 +25,26 @@
 //     read after the switch / time to read them) against A, zero loss and order (checked by the
 //     child), and the drainer thread's CPU over a 2 s idle window after the stream ended.
 // Speed is reported, never asserted: the exit status is 0 whenever every check passed.
-#include <dirent.h>
-#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <vector>
 
 #include "harness.hpp"
@@ -58,13 +55,13 @@
 #include "shmctx/payload.hpp"
 #include "shmctx/shm/actor_file.hpp"
 #include "shmctx/shm/names.hpp"
+#include "spill.hpp"
 
 namespace shmctx::bench {
 namespace {
 
 using namespace std::chrono_literals;
 
-constexpr std::string_view kServerFlag = "--stream-server";
 constexpr std::size_t kMessageBytes = 64;
 constexpr std::size_t kRingBytes = std::size_t{1} << 20;  // = the harness's ring_bytes
 
@@ -134,104 +131,6 @@ Config parse_config(const std::vector<std::string_view>& args) {
     return c;
 }
 
-std::uint64_t seq_of(std::span<const std::byte> bytes) {
-    std::uint64_t seq = 0;
-    if (bytes.size() >= sizeof seq) std::memcpy(&seq, bytes.data(), sizeof seq);
-    return seq;
-}
-
-void busy_wait(Clock::time_point until) {
-    while (Clock::now() < until) {
-    }
-}
-
-/// Pins the calling thread to `cpu` (the throughput phase sits where the raw ring's two
-/// processes sit: sender on the harness's parent CPU, reader on its peer CPU).
-void pin_this_thread(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(static_cast<std::size_t>(cpu), &set);
-    (void)sched_setaffinity(0, sizeof set, &set);
-}
-
-// ---- the server process ----
-
-/// "sink": args "count slow_ns slow_count". Reads `count` messages with drain(), checking that
-/// message i carries sequence number i; the first `slow_count` cost `slow_ns` each (a busy
-/// wait). Returns "fast_ns=<time to read the messages after the slow ones>".
-Payload sink(Context& ctx, const Payload& args) {
-    std::istringstream in(args.value<std::string>());
-    std::uint64_t count = 0, slow_ns = 0, slow_count = 0;
-    int cpu = -1;
-    in >> count >> slow_ns >> slow_count >> cpu;
-    // A pool thread: give it its mask back afterwards (the next context may run on it).
-    cpu_set_t before;
-    const bool restore = cpu >= 0 && sched_getaffinity(0, sizeof before, &before) == 0;
-    struct Unpin {
-        bool on;
-        cpu_set_t* mask;
-        Unpin(bool o, cpu_set_t* m) : on(o), mask(m) {}
-        Unpin(const Unpin&) = delete;
-        Unpin& operator=(const Unpin&) = delete;
-        ~Unpin() {
-            if (on) (void)sched_setaffinity(0, sizeof *mask, mask);
-        }
-    } unpin{restore, &before};
-    if (cpu >= 0) pin_this_thread(cpu);
-    ctx.started();
-    MsgStream stream = ctx.open_stream();
-    std::uint64_t next = 0;
-    Clock::time_point fast_start = Clock::now();
-    while (next < count) {
-        (void)stream.drain(
-            [&](const Message& m) {
-                const std::uint64_t seq = seq_of(m.bytes());
-                if (seq != next || m.bytes().size() != kMessageBytes) {
-                    throw std::runtime_error("sink: expected message " + std::to_string(next) +
-                                             ", got " + std::to_string(seq));
-                }
-                ++next;
-                if (next <= slow_count) {
-                    busy_wait(Clock::now() + std::chrono::nanoseconds(slow_ns));
-                    if (next == slow_count) fast_start = Clock::now();
-                }
-            },
-            // A slow consumer takes one message per call, so each is released (and its slot
-            // refilled by the producer) as soon as it is done; at full speed, batches.
-            next < slow_count ? 1 : 256);
-    }
-    const auto fast_ns =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - fast_start).count();
-    return Payload::value("fast_ns=" + std::to_string(fast_ns));
-}
-
-int server_main(const std::vector<std::string_view>& args) {
-    std::string ns, name;
-    for (std::size_t i = 1; i + 1 < args.size(); i += 2) {
-        if (args[i] == "--ns") ns = std::string(args[i + 1]);
-        if (args[i] == "--name") name = std::string(args[i + 1]);
-    }
-    try {
-        ActorOptions o;
-        o.ns = ns;
-        o.data_ring_bytes = kRingBytes;
-        Actor actor(name, o);
-        // Throughput: a message capacity the bytes limit reaches first (as the raw ring).
-        actor.expose("sink", sink, ExposeOptions{1U << 20, false});
-        // Spill: the default 64-message ring, and the peer may overrun us.
-        actor.expose("sink_overrun", sink, ExposeOptions{0, true});
-        std::cout << "ready" << std::endl;
-        std::string line;
-        while (std::getline(std::cin, line)) {
-            if (line == "quit") break;
-        }
-        return 0;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "shmctx_bench_stream server: FAILED: %s\n", e.what());
-        return 3;
-    }
-}
-
 // ---- the parent ----
 
 /// The CPUs this process may use at start; bench::run() pins the calling thread, so every
@@ -275,7 +174,7 @@ double ring_throughput(const Config& cfg, const std::string& ns, const std::atom
 
 std::array<std::byte, kMessageBytes> message_for(std::uint64_t seq) {
     std::array<std::byte, kMessageBytes> m{};
-    std::memcpy(m.data(), &seq, sizeof seq);
+    stamp_sequence(m, seq);
     return m;
 }
 
@@ -283,11 +182,14 @@ std::array<std::byte, kMessageBytes> message_for(std::uint64_t seq) {
 double stream_throughput(Portal& portal, std::uint64_t messages, const Cpus& cpus) {
     double rate = 0;
     const bool pin = cpus.first_two.size() == 2;
-    const std::string args =
-        std::to_string(messages) + " 0 0 " + std::to_string(pin ? cpus.first_two[1] : -1);
-    if (pin) pin_this_thread(cpus.first_two[0]);
-    auto result =
-        portal.open_context("sink", Payload::value(args).view(), [&](Context& ctx, const Payload&) {
+    SinkArgs args;
+    args.count = messages;
+    args.cpu = pin ? cpus.first_two[1] : -1;
+    args.msg_bytes = kMessageBytes;
+    // The sender sits where the raw ring's parent sits (pin_to pins the calling thread).
+    if (pin) pin_to(cpus.first_two[0]);
+    auto result = portal.open_context(
+        kSinkEndpoint, Payload::value(args.encode()).view(), [&](Context& ctx, const Payload&) {
             StreamOptions so;
             so.on_full = OnFull::block;
             MsgStream stream = ctx.open_stream(so);
@@ -303,138 +205,6 @@ double stream_throughput(Portal& portal, std::uint64_t messages, const Cpus& cpu
     (void)sched_setaffinity(0, sizeof cpus.mask, &cpus.mask);  // unpin
     result.outcome.rethrow_if_error();
     return rate;
-}
-
-struct SpillFigures {
-    std::uint64_t sent = 0;
-    std::uint64_t spilled = 0;
-    std::uint64_t high_water = 0;
-    std::uint64_t drained = 0;
-    std::uint64_t discarded = 0;
-    RoundTripRun send_spilling;  // ns: percentiles of send() while spilling
-    RoundTripRun send_all;
-    double drain_rate = 0;        // msg/s of the backlog once the consumer is fast
-    double drainer_cpu_pct = -1;  // over the idle window
-    double idle_window_s = 0;
-    long drainer_sleeps_flush = 0;  // the drainer's futex sleeps while close() flushed
-    long sender_faults = 0;         // minor page faults of the sending thread while it sent
-    long sender_switches = 0;       // involuntary context switches of the sending thread
-};
-
-/// "/proc/self/task/<tid>" of this process's thread named `comm`, or empty.
-std::string thread_dir(std::string_view comm) {
-    DIR* dir = opendir("/proc/self/task");
-    if (dir == nullptr) return {};
-    std::string found;
-    while (dirent* e = readdir(dir)) {
-        if (e->d_name[0] == '.') continue;
-        const std::string base = std::string("/proc/self/task/") + e->d_name;
-        std::ifstream c(base + "/comm");
-        std::string name;
-        std::getline(c, name);
-        if (name == comm) found = base;
-    }
-    closedir(dir);
-    return found;
-}
-
-/// Voluntary context switches (sleeps) of this process's thread named `comm` (-1 if none).
-long thread_sleeps(std::string_view comm) {
-    const std::string base = thread_dir(comm);
-    if (base.empty()) return -1;
-    std::ifstream st(base + "/status");
-    for (std::string line; std::getline(st, line);) {
-        if (line.rfind("voluntary_ctxt_switches:", 0) == 0) return std::stol(line.substr(24));
-    }
-    return -1;
-}
-
-/// CPU seconds of this process's thread named `comm` (-1 if none).
-double thread_cpu_seconds(std::string_view comm) {
-    const std::string base = thread_dir(comm);
-    if (base.empty()) return -1;
-    std::ifstream s(base + "/stat");
-    const std::string stat((std::istreambuf_iterator<char>(s)), std::istreambuf_iterator<char>());
-    const std::size_t close = stat.rfind(')');
-    if (close == std::string::npos) return -1;
-    std::istringstream fields(stat.substr(close + 2));
-    std::string skip;
-    for (int i = 0; i < 11; ++i) fields >> skip;  // fields 3..13
-    long utime = 0, stime = 0;
-    fields >> utime >> stime;
-    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-SpillFigures spill_run(Portal& portal, const Config& cfg) {
-    SpillFigures f;
-    const auto total = static_cast<std::uint64_t>(cfg.rate * cfg.spill_seconds);
-    const std::uint64_t slow_count = total / 2;
-    const auto slow_ns = static_cast<std::uint64_t>(2e9 / cfg.rate);
-    const std::string args =
-        std::to_string(total) + " " + std::to_string(slow_ns) + " " + std::to_string(slow_count);
-    std::vector<std::uint32_t> spilling;  // ns, as the harness's percentile function takes them
-    std::vector<std::uint32_t> all;
-    spilling.reserve(total);
-    all.reserve(total);
-    std::string reply;
-    auto result = portal.open_context(
-        "sink_overrun", Payload::value(args).view(), [&](Context& ctx, const Payload&) {
-            StreamOptions so;
-            so.spill_cap_msgs = total + 1;  // the bar is about the spill, not its cap
-            MsgStream stream = ctx.open_stream(so);
-            const auto period = std::chrono::duration<double>(1.0 / cfg.rate);
-            rusage ru0{};
-            (void)getrusage(RUSAGE_THREAD, &ru0);
-            const auto t0 = Clock::now();
-            for (std::uint64_t i = 0; i < total; ++i) {
-                busy_wait(t0 + std::chrono::duration_cast<Clock::duration>(period * i));
-                const auto m = message_for(i);
-                const auto a = Clock::now();
-                const SendStatus st = stream.try_send(PayloadView(std::span<const std::byte>(m)));
-                const auto ns = static_cast<std::uint32_t>(std::min<std::int64_t>(
-                    std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - a).count(),
-                    UINT32_MAX));
-                if (st == SendStatus::spilled) {
-                    spilling.push_back(ns);
-                    ++f.spilled;
-                } else if (st != SendStatus::ok) {
-                    throw std::runtime_error("spill: try_send returned " +
-                                             std::string(to_string(st)));
-                }
-                all.push_back(ns);
-            }
-            f.sent = total;
-            rusage ru1{};
-            (void)getrusage(RUSAGE_THREAD, &ru1);
-            f.sender_faults = ru1.ru_minflt - ru0.ru_minflt;
-            f.sender_switches = ru1.ru_nivcsw - ru0.ru_nivcsw;
-            const long sleeps_before = thread_sleeps("shmctx-drain");
-            stream.close();  // flushes the spill
-            f.drainer_sleeps_flush = thread_sleeps("shmctx-drain") - sleeps_before;
-            const shm::RingCounters c = stream.outbound_counters();
-            f.high_water = c.spill_high_water;
-            f.drained = c.spill_drained;
-            f.discarded = c.spill_discarded;
-            reply = ctx.wait_for_result().value().value<std::string>();
-        });
-    result.outcome.rethrow_if_error();
-    const auto fast_ns = parse_number<std::uint64_t>("fast_ns", reply.substr(8));
-    f.drain_rate = static_cast<double>(total - slow_count) / (static_cast<double>(fast_ns) / 1e9);
-    f.send_spilling = round_trip_percentiles(spilling);
-    f.send_all = round_trip_percentiles(all);
-    // The drainer idles now: its CPU over a quiet window.
-    const double before = thread_cpu_seconds("shmctx-drain");
-    const auto w0 = Clock::now();
-    std::this_thread::sleep_for(2s);
-    const double after = thread_cpu_seconds("shmctx-drain");
-    f.idle_window_s = std::chrono::duration<double>(Clock::now() - w0).count();
-    if (before >= 0 && after >= 0) f.drainer_cpu_pct = 100.0 * (after - before) / f.idle_window_s;
-    if (f.discarded != 0 || f.drained != f.spilled) {
-        throw std::runtime_error("spill: " + std::to_string(f.spilled) + " spilled, " +
-                                 std::to_string(f.drained) + " drained, " +
-                                 std::to_string(f.discarded) + " discarded");
-    }
-    return f;
 }
 
 std::string si(double v) {
@@ -455,12 +225,13 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
     const std::string server_name = "stream-server";
     const Cpus cpus = initial_cpus();
     std::vector<double> ring, stream, ratio;
-    SpillFigures spill;
+    SpillResult spill;
     // The measurement, with the server's lifetime inside: if it fails, ~Peer has killed and
     // reaped the server by the time the catch below runs, and a dead server cannot remove its
     // own objects: reclaim them (the namespace holds only this run's actors).
     const auto measure = [&] {
-        Peer peer = Peer::spawn({std::string(kServerFlag), "--ns", ns, "--name", server_name});
+        Peer peer = Peer::spawn({"--role", std::string(kStreamServerRole), "--ns", ns, "--name",
+                                 server_name, "--ring-bytes", std::to_string(kRingBytes)});
         if (const std::string line = peer.read_line(Deadline(10s)); line != "ready") {
             throw std::runtime_error("server: expected \"ready\", got \"" + line + "\"");
         }
@@ -482,7 +253,14 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
                           << "msg/s, ratio " << std::setprecision(3) << b / a << "\n"
                           << std::flush;
             }
-            spill = spill_run(portal, cfg);
+            SpillOptions so;
+            so.producer_rate = cfg.rate;
+            so.consumer_rate = cfg.rate / 2;
+            so.duration = std::chrono::milliseconds(std::llround(cfg.spill_seconds * 1000));
+            so.msg_bytes = kMessageBytes;
+            so.drainer_idle_window = 2s;
+            so.ring_bytes = kRingBytes;
+            spill_run(portal, so, spill);
         }
         peer.write_line("quit");
         peer.wait_success(Deadline(10s));
@@ -512,7 +290,8 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
               << " s, consumer at half rate, then full speed\n"
               << "  sent " << spill.sent << ", spilled " << spill.spilled << ", drained "
               << spill.drained << ", discarded " << spill.discarded << ", high water "
-              << spill.high_water << ", all received in order (checked by the consumer)\n"
+              << spill.high_water << ", " << spill.received
+              << " received in order (checked by the consumer)\n"
               << "  send while spilling: p50 " << format_ns(spill.send_spilling.p50) << ", p99 "
               << format_ns(spill.send_spilling.p99) << ", p99.9 "
               << format_ns(spill.send_spilling.p999) << " (bar <= 5us), max "
@@ -548,8 +327,8 @@ int parent_main(const Config& cfg, const std::string& command, const std::atomic
 int main(int argc, char** argv) {
     namespace b = shmctx::bench;
     const std::vector<std::string_view> args(argv + 1, argv + argc);
-    if (!args.empty() && args[0] == b::kServerFlag) return b::server_main(args);
-    if (b::is_peer_invocation(args)) return b::peer_main(args);  // the harness's ring peers
+    // The harness's ring peers and the stream server (--role stream-server, spill.hpp).
+    if (b::is_peer_invocation(args)) return b::peer_main(args);
     std::signal(SIGPIPE, SIG_IGN);
     std::string command = "shmctx_bench_stream";
     for (auto a : args) (command += ' ') += a;

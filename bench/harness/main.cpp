@@ -1,5 +1,5 @@
 // shmctx_perf_harness: the benchmark harness (DESIGN.md §8). A thin main over the
-// shmctx_bench_harness library, which `shmctx perf` will reuse.
+// shmctx_bench_harness library, which `shmctx perf` (tools/shmctx/perf.cpp) also fronts.
 //
 // SIGINT/SIGTERM/SIGHUP are taken by a thread (sigwait) that asks the harness to stop after
 // the current run, so that it removes its shared objects before exiting. Peers get the
@@ -25,22 +25,9 @@ int main(int argc, char** argv) {
 
     try {
         shmctx::bench::Options options = shmctx::bench::parse_options(args);
-        if (options.help) {
-            std::cout << shmctx::bench::usage();
-            return 0;
-        }
-        if (options.list) {
-            for (const auto& t : shmctx::bench::transports())
-                std::cout << t.name << "\t" << t.description << "\n";
-            return 0;
-        }
         options.stop = &stop;
-        const shmctx::bench::Report report = shmctx::bench::run(options, std::cerr);
-        shmctx::bench::print_table(report, std::cout);
-        if (!options.json_path.empty()) {
-            shmctx::bench::write_json(report, options.json_path);
-            std::cout << "\nwrote " << options.json_path << "\n";
-        }
+        shmctx::bench::run_and_report(options, shmctx::bench::Program::harness, std::cout,
+                                      std::cerr);
         return 0;
     } catch (const std::invalid_argument& e) {
         std::cerr << "shmctx_perf_harness: " << e.what() << "\n";

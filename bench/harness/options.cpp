@@ -36,6 +36,16 @@ long parse_long(std::string_view key, std::string_view v, long min, long max) {
     return x;
 }
 
+/// A rate in msg/s: decimal suffixes (10k = 10 000, 1M = 1 000 000), unlike sizes (1K = 1024).
+double parse_rate(std::string_view key, std::string_view v) {
+    long scale = 1;
+    if (!v.empty() && (v.back() == 'k' || v.back() == 'K')) scale = 1000;
+    if (!v.empty() && (v.back() == 'm' || v.back() == 'M')) scale = 1'000'000;
+    if (scale != 1) v.remove_suffix(1);
+    const long x = parse_long(key, v, 1, 100'000'000 / scale) * scale;
+    return static_cast<double>(x);
+}
+
 std::vector<std::size_t> parse_sizes(std::string_view key, std::string_view v) {
     std::vector<std::size_t> out;
     for (auto s : split(v))
@@ -47,36 +57,87 @@ std::vector<std::size_t> parse_sizes(std::string_view key, std::string_view v) {
 
 }  // namespace
 
-std::string usage() {
+std::string usage(Program program) {
+    const bool perf = program == Program::perf;
     std::ostringstream s;
-    s << "usage: shmctx_perf_harness [options]\n"
-         "Cross-process throughput, round trip and idle CPU of IPC transports, interleaved\n"
-         "(DESIGN.md §8). Options:\n"
-         "  --sizes LIST        throughput message sizes (default 8,64,1K,16K,64K)\n"
+    if (perf) {
+        s << "usage: shmctx perf [options]\n"
+             "The shmctx benchmark harness: cross-process throughput, round trip, fixed-rate\n"
+             "latency (coordinated-omission corrected), spill/overrun under a slow consumer and\n"
+             "cancel latency, transports interleaved (bench/README.md). Options:\n";
+    } else {
+        s << "usage: shmctx_perf_harness [options]\n"
+             "Cross-process throughput, round trip and idle CPU of IPC transports, interleaved\n"
+             "(DESIGN.md §8). Options:\n";
+    }
+    s << "  --sizes LIST        throughput message sizes (default 8,64,1K,16K,64K)\n"
          "  --rtt-sizes LIST    round-trip message sizes (default 64)\n"
-         "  --transports LIST   transports to run (default all; see --list)\n"
-         "  --modes LIST        spin,block (default both)\n"
-         "  --tests LIST        throughput,roundtrip,idle (default all)\n"
-         "  --duration-ms N     duration of one run (default 200)\n"
-         "  --runs N            interleaved runs per transport and batch (default 5)\n"
+      << (perf ? "  --transports LIST   transports to run (default shmctx,minimal,mq,uds; see "
+                 "--list)\n"
+               : "  --transports LIST   transports to run (default all; see --list)\n")
+      << "  --modes LIST        spin,block (default both)\n"
+      << (perf ? "  --tests LIST        throughput,roundtrip,fixed-rate,spill,cancel,idle (default "
+                 "all but idle)\n"
+               : "  --tests LIST        throughput,roundtrip,idle,fixed-rate,spill,cancel "
+                 "(default throughput,roundtrip,idle)\n")
+      << "  --duration-ms N     duration of one throughput or round-trip run (default 200)\n"
+      << (perf ? "  --runs N            interleaved runs per transport and batch (default 3)\n"
+               : "  --runs N            interleaved runs per transport and batch (default 5)\n")
+      << "  --rates LIST        fixed-rate send rates, msg/s (default 10k,100k,1M)\n"
+         "  --fixed-rate-ms N   duration of one fixed-rate run (default 1000)\n"
+         "  --fixed-rate-size B fixed-rate message size (default 64)\n"
+         "  --producer-rate R   spill: producer msg/s (default 200k)\n"
+         "  --consumer-rate R   spill: the slow consumer's msg/s (default producer / 2)\n"
+         "  --spill-ms N        spill: how long the producer sends (default 2000)\n"
+         "  --spill-size B      spill: message size (default 64)\n"
+         "  --cancel-iterations N  cancels of each kind (default 2000)\n"
+         "  --cancel-after-us N idle time in the parked state before cancel() (default 0)\n"
          "  --idle-ms N         idle window of the idle-CPU test (default 1000)\n"
          "  --ring-bytes N      capacity of one direction (default 1M)\n"
          "  --batch N           batch of the batched variants (default 64)\n"
          "  --cpus A,B          CPUs of the parent and the peer (default: first two allowed)\n"
          "  --json FILE         also write the report as JSON\n"
+         "  --svg FILE          also draw the latency percentile curves and the spill depth\n"
          "  --ns NAME           namespace of the shared objects (default bench-<pid>)\n"
          "  --inject-skip N     self-test: throughput producers skip sequence N (must fail)\n"
-         "  --quick             CI smoke run: sizes 64,64K, 2 runs of 30 ms, 200 ms idle\n"
-         "  --list              list the transports and exit\n"
+      << (perf ? "  --quick             a few seconds in all: 64 B, transports shmctx,minimal,uds, "
+                 "spin,\n"
+                 "                      1 run of 30 ms, rates 10k,100k for 100 ms, 0.3 s of "
+                 "spill, 100 cancels\n"
+               : "  --quick             CI smoke run: sizes 64,64K, 2 runs of 30 ms, 200 ms idle\n")
+      << "  --list              list the transports and exit\n"
          "  --help              this text\n";
     return s.str();
 }
 
-Options parse_options(std::span<const std::string_view> args) {
+Options parse_options(std::span<const std::string_view> args, Program program) {
     Options o;
+    const bool perf = program == Program::perf;
+    if (perf) {
+        o.tests = {Test::throughput, Test::roundtrip, Test::fixed_rate, Test::spill, Test::cancel};
+        o.transports = {"shmctx", "minimal", "mq", "uds"};
+        o.runs = 3;
+    }
     // --quick sets defaults first so that explicit options given with it still win.
     for (auto a : args) {
-        if (a == "--quick") {
+        if (a == "--quick" && perf) {
+            o.quick = true;
+            o.sizes = {64};
+            o.rtt_sizes = {64};
+            o.transports = {"shmctx", "minimal", "uds"};
+            o.modes = {Mode::spin};
+            o.duration = std::chrono::milliseconds(30);
+            o.runs = 1;
+            o.rates = {10'000, 100'000};
+            o.fixed_rate_duration = std::chrono::milliseconds(100);
+            o.idle_window = std::chrono::milliseconds(200);
+            o.c2c_round_trips = 2000;
+            o.spill.producer_rate = 100'000;
+            o.spill.duration = std::chrono::milliseconds(300);
+            o.spill.sample_every = std::chrono::milliseconds(2);
+            o.cancel.iterations = 100;
+            o.cancel.warmup = 20;
+        } else if (a == "--quick") {
             o.quick = true;
             o.sizes = {64, 65536};
             o.rtt_sizes = {64};
@@ -131,9 +192,16 @@ Options parse_options(std::span<const std::string_view> args) {
                     o.tests.push_back(Test::roundtrip);
                 else if (t == "idle")
                     o.tests.push_back(Test::idle);
+                else if (t == "fixed-rate")
+                    o.tests.push_back(Test::fixed_rate);
+                else if (t == "spill")
+                    o.tests.push_back(Test::spill);
+                else if (t == "cancel")
+                    o.tests.push_back(Test::cancel);
                 else
-                    throw std::invalid_argument("--tests: throughput, roundtrip or idle, not " +
-                                                std::string(t));
+                    throw std::invalid_argument(
+                        "--tests: throughput, roundtrip, idle, fixed-rate, spill or cancel, not " +
+                        std::string(t));
             }
         } else if (k == "--duration-ms") {
             o.duration = std::chrono::milliseconds(parse_long(k, value(), 1, 600'000));
@@ -156,6 +224,31 @@ Options parse_options(std::span<const std::string_view> args) {
             o.ns = value();
         } else if (k == "--json") {
             o.json_path = value();
+        } else if (k == "--svg") {
+            o.svg_path = value();
+        } else if (k == "--rates") {
+            o.rates.clear();
+            for (auto r : split(value())) o.rates.push_back(parse_rate(k, r));
+            if (o.rates.empty()) throw std::invalid_argument("--rates: empty list");
+        } else if (k == "--fixed-rate-ms") {
+            o.fixed_rate_duration = std::chrono::milliseconds(parse_long(k, value(), 1, 600'000));
+        } else if (k == "--fixed-rate-size") {
+            o.fixed_rate_size = static_cast<std::size_t>(
+                parse_long(k, value(), static_cast<long>(kMinMessageBytes), 1L << 20));
+        } else if (k == "--producer-rate") {
+            o.spill.producer_rate = parse_rate(k, value());
+        } else if (k == "--consumer-rate") {
+            o.spill.consumer_rate = parse_rate(k, value());
+        } else if (k == "--spill-ms") {
+            o.spill.duration = std::chrono::milliseconds(parse_long(k, value(), 1, 600'000));
+        } else if (k == "--spill-size") {
+            // At most a quarter of the 1 MiB data ring (MsgStream::max_message_bytes).
+            o.spill.msg_bytes = static_cast<std::size_t>(parse_long(k, value(), 8, 64L << 10));
+        } else if (k == "--cancel-iterations") {
+            o.cancel.iterations = static_cast<std::size_t>(parse_long(k, value(), 1, 10'000'000));
+        } else if (k == "--cancel-after-us") {
+            o.cancel.cancel_after =
+                std::chrono::microseconds(parse_long(k, value(), 0, 10'000'000));
         } else {
             throw std::invalid_argument("unknown option " + std::string(k) + " (see --help)");
         }

@@ -5,9 +5,11 @@
 #include <cstring>
 #include <fstream>
 #include <iomanip>
+#include <limits>
 #include <ostream>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "harness.hpp"
 #include "shmctx/errors.hpp"
@@ -41,7 +43,9 @@ std::string si(double v) {
 /// Nanoseconds as "210ns", "19.2us", "1.20ms".
 std::string dur(double ns) {
     char buf[32];
-    if (ns >= 1e6)
+    if (ns >= 1e9)
+        std::snprintf(buf, sizeof buf, "%.2fs", ns / 1e9);
+    else if (ns >= 1e6)
         std::snprintf(buf, sizeof buf, "%.2fms", ns / 1e6);
     else if (ns >= 1e4)
         std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
@@ -129,6 +133,122 @@ const Batch* find_batch(const Report& r, Test test, Mode mode, std::size_t size)
     return nullptr;
 }
 
+template <class F>
+Stat stat_of_fixed(const std::vector<FixedRateRun>& runs, F f) {
+    std::vector<double> v;
+    for (const auto& r : runs) v.push_back(f(r));
+    return summarize(std::move(v));
+}
+
+std::string rtt_json(const RoundTripRun& r) {
+    return cat("{\"p50_ns\": ", num(r.p50), ", \"p90_ns\": ", num(r.p90),
+               ", \"p99_ns\": ", num(r.p99), ", \"p999_ns\": ", num(r.p999),
+               ", \"p9999_ns\": ", num(r.p9999), ", \"max_ns\": ", num(r.max),
+               ", \"samples\": ", std::to_string(r.samples), "}");
+}
+
+void print_fixed_rate(const Batch& b, std::ostream& out) {
+    char line[256];
+    out << "  latency from each message's intended send time (coordinated-omission corrected), "
+           "medians over runs\n";
+    std::snprintf(line, sizeof line, "  %-14s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
+                  "transport", "p50", "p90", "p99", "p99.9", "p99.99", "max", "raw p99.9",
+                  "raw max", "late", "achieved");
+    out << line;
+    for (const Cell& c : b.cells) {
+        auto med = [&](auto f) { return dur(stat_of_fixed(c.fixed, f).median); };
+        const double late = stat_of_fixed(c.fixed, [](const FixedRateRun& x) {
+                                return x.corrected.samples == 0
+                                           ? 0.0
+                                           : 100.0 * static_cast<double>(x.late) /
+                                                 static_cast<double>(x.corrected.samples);
+                            }).median;
+        char late_text[16];
+        std::snprintf(late_text, sizeof late_text, "%.1f%%", late);
+        const std::string achieved =
+            cat(si(stat_of_fixed(c.fixed, [](const FixedRateRun& x) { return x.achieved; }).median),
+                "/s");
+        std::snprintf(line, sizeof line, "  %-14s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
+                      c.transport.c_str(),
+                      med([](const FixedRateRun& x) { return x.corrected.p50; }).c_str(),
+                      med([](const FixedRateRun& x) { return x.corrected.p90; }).c_str(),
+                      med([](const FixedRateRun& x) { return x.corrected.p99; }).c_str(),
+                      med([](const FixedRateRun& x) { return x.corrected.p999; }).c_str(),
+                      med([](const FixedRateRun& x) { return x.corrected.p9999; }).c_str(),
+                      med([](const FixedRateRun& x) { return x.corrected.max; }).c_str(),
+                      med([](const FixedRateRun& x) { return x.uncorrected.p999; }).c_str(),
+                      med([](const FixedRateRun& x) { return x.uncorrected.max; }).c_str(),
+                      late_text, achieved.c_str());
+        out << line;
+    }
+    for (const Cell& c : b.cells) {
+        std::size_t runs = 0;
+        std::vector<double> unsent;
+        for (const FixedRateRun& x : c.fixed) {
+            if (x.unsent == 0) continue;
+            ++runs;
+            unsent.push_back(static_cast<double>(x.unsent) /
+                             static_cast<double>(std::max<std::size_t>(x.corrected.samples, 1)));
+        }
+        if (runs == 0) continue;
+        char note[256];
+        std::snprintf(note, sizeof note,
+                      "  %s: rate not sustained in %zu of %zu runs: a median %.1f%% of the "
+                      "messages not sent within 3 x the duration + 1 s (counted with the time "
+                      "they had waited)\n",
+                      c.transport.c_str(), runs, c.fixed.size(), 100 * summarize(unsent).median);
+        out << note;
+    }
+}
+
+void print_spill(const SpillResult& s, std::ostream& out) {
+    const SpillOptions& o = s.options;
+    out << "\nspill under a slow consumer: producer " << format_rate(o.producer_rate)
+        << ", consumer " << format_rate(o.slow_rate()) << " for " << o.duration.count()
+        << " ms, then full speed; " << o.msg_bytes << " B messages, 64-message ring\n"
+        << "  overrun (default policy, on_full = raise): StreamOverrun after " << s.overrun_after
+        << " messages";
+    if (!s.overrun_what.empty()) out << " (" << s.overrun_what << ")";
+    out << "\n  allow_overruns: sent " << s.sent << ", received " << s.received
+        << " in order (checked by the consumer), lost " << s.lost << "; spilled " << s.spilled
+        << ", drained " << s.drained << ", discarded " << s.discarded << ", high water "
+        << s.high_water << "\n"
+        << "  try_send while spilling: p50 " << dur(s.send_spilling.p50) << ", p99 "
+        << dur(s.send_spilling.p99) << ", p99.9 " << dur(s.send_spilling.p999) << ", max "
+        << dur(s.send_spilling.max) << " (" << s.send_spilling.samples
+        << " sends); every send: p50 " << dur(s.send_all.p50) << ", p99.9 " << dur(s.send_all.p999)
+        << "\n"
+        << "  drain rate once the consumer is fast: " << si(s.drain_rate)
+        << " msg/s; the sending thread took " << s.sender_faults
+        << " minor page faults and was preempted " << s.sender_switches << " times\n";
+    if (s.drainer_cpu_pct >= 0) {
+        char line[128];
+        std::snprintf(line, sizeof line, "  drainer CPU over a %.2f s idle window: %.3f %%\n",
+                      s.idle_window_s, s.drainer_cpu_pct);
+        out << line;
+    }
+}
+
+void print_cancel(const CancelResult& c, std::ostream& out) {
+    char line[256];
+    out << "\ncancel latency: ctx.cancel() to its return with the ctxc recorded, "
+        << c.options.iterations << " cancels of each kind";
+    if (c.options.cancel_after.count() > 0)
+        out << ", " << c.options.cancel_after.count() << " us after the parked state";
+    out << "\n";
+    std::snprintf(line, sizeof line, "  %-34s %9s %9s %9s %9s %9s\n", "child", "p50", "p90", "p99",
+                  "p99.9", "max");
+    out << line;
+    for (const auto& [what, r] :
+         {std::pair<const char*, const RoundTripRun*>{"parked in receive()", &c.park},
+          {"blocked in send(), both rings full", &c.full}}) {
+        std::snprintf(line, sizeof line, "  %-34s %9s %9s %9s %9s %9s\n", what, dur(r->p50).c_str(),
+                      dur(r->p90).c_str(), dur(r->p99).c_str(), dur(r->p999).c_str(),
+                      dur(r->max).c_str());
+        out << line;
+    }
+}
+
 double median_rate(const Cell& c) { return summarize(c.msgs_per_s).median; }
 double median_p50(const Cell& c) {
     return stat_of(c.rtt, [](const RoundTripRun& x) { return x.p50; }).median;
@@ -187,6 +307,17 @@ std::vector<TargetCheck> check_targets(const Report& r) {
 
 std::string format_ns(double ns) { return dur(ns); }
 
+std::string format_rate(double per_s) {
+    char buf[32];
+    if (per_s >= 1e6 && std::fmod(per_s, 1e6) == 0)
+        std::snprintf(buf, sizeof buf, "%.0fM/s", per_s / 1e6);
+    else if (per_s >= 1e3 && std::fmod(per_s, 1e3) == 0)
+        std::snprintf(buf, sizeof buf, "%.0fk/s", per_s / 1e3);
+    else
+        return si(per_s) + "/s";
+    return buf;
+}
+
 std::string json_escaped(std::string_view s) { return json_escape(s); }
 
 void print_table(const Report& r, std::ostream& out) {
@@ -199,12 +330,14 @@ void print_table(const Report& r, std::ostream& out) {
     if (r.build_type != "Release" && r.build_type != "RelWithDebInfo")
         out << "WARNING: not an optimised build; figures are not meaningful\n";
     for (const Batch& b : r.batches) {
-        out << "\n"
-            << to_string(b.test) << "  " << size_text(b.size) << "  " << to_string(b.mode)
-            << "   [c2c round trip " << dur(b.c2c.median_ns) << ", memcpy " << std::fixed
+        out << "\n" << to_string(b.test) << "  " << size_text(b.size) << "  " << to_string(b.mode);
+        if (b.test == Test::fixed_rate) out << "  " << format_rate(b.rate);
+        out << "   [c2c round trip " << dur(b.c2c.median_ns) << ", memcpy " << std::fixed
             << std::setprecision(1) << b.memcpy.gbytes_per_s << " GB/s]\n";
         char line[256];
-        if (b.test == Test::throughput) {
+        if (b.test == Test::fixed_rate) {
+            print_fixed_rate(b, out);
+        } else if (b.test == Test::throughput) {
             std::snprintf(line, sizeof line, "  %-14s %10s %21s %10s\n", "transport", "msg/s",
                           "(min - max)", "MB/s");
             out << line;
@@ -246,6 +379,8 @@ void print_table(const Report& r, std::ostream& out) {
             out << line;
         }
     }
+    if (r.spill) print_spill(*r.spill, out);
+    if (r.cancel) print_cancel(*r.cancel, out);
     const auto targets = check_targets(r);
     if (!targets.empty()) {
         out << "\nDESIGN.md §8 targets (ratios of medians within one batch)\n";
@@ -276,15 +411,19 @@ void write_json(const Report& r, const std::string& path) {
       << ", \"idle_ms\": " << o.idle_window.count() << ", \"ring_bytes\": " << o.ring_bytes
       << ", \"batch\": " << o.batch << ", \"quick\": " << (o.quick ? "true" : "false")
       << ", \"modes\": " << list_json(o.modes, [](Mode m) { return cat("\"", to_string(m), "\""); })
-      << ", \"transports\": "
+      << ", \"tests\": " << list_json(o.tests, [](Test t) { return cat("\"", to_string(t), "\""); })
+      << ", \"rates\": " << list_json(o.rates, num)
+      << ", \"fixed_rate_ms\": " << o.fixed_rate_duration.count()
+      << ", \"fixed_rate_size\": " << o.fixed_rate_size << ", \"transports\": "
       << list_json(o.transports,
                    [](const std::string& t) { return cat("\"", json_escape(t), "\""); })
       << "},\n  \"batches\": [";
     for (std::size_t bi = 0; bi < r.batches.size(); ++bi) {
         const Batch& b = r.batches[bi];
         j << (bi ? ",\n" : "\n") << "    {\"test\": \"" << to_string(b.test) << "\", \"mode\": \""
-          << to_string(b.mode) << "\", \"size\": " << b.size
-          << ", \"c2c_rtt_ns\": {\"median\": " << num(b.c2c.median_ns)
+          << to_string(b.mode) << "\", \"size\": " << b.size;
+        if (b.test == Test::fixed_rate) j << ", \"rate\": " << num(b.rate);
+        j << ", \"c2c_rtt_ns\": {\"median\": " << num(b.c2c.median_ns)
           << ", \"min\": " << num(b.c2c.min_ns)
           << "}, \"memcpy\": {\"gbytes_per_s\": " << num(b.memcpy.gbytes_per_s)
           << ", \"block_bytes\": " << b.memcpy.block_bytes
@@ -300,6 +439,32 @@ void write_json(const Report& r, const std::string& path) {
                                 s.min * static_cast<double>(b.size) / 1e6,
                                 s.max * static_cast<double>(b.size) / 1e6})
                   << ", \"runs_msgs_per_s\": " << list_json(c.msgs_per_s, num);
+            } else if (b.test == Test::fixed_rate) {
+                auto field = [&](const char* name, auto f) {
+                    j << ", \"" << name << "\": " << stat_json(stat_of_fixed(c.fixed, f));
+                };
+                field("p50_ns", [](const FixedRateRun& x) { return x.corrected.p50; });
+                field("p90_ns", [](const FixedRateRun& x) { return x.corrected.p90; });
+                field("p99_ns", [](const FixedRateRun& x) { return x.corrected.p99; });
+                field("p999_ns", [](const FixedRateRun& x) { return x.corrected.p999; });
+                field("p9999_ns", [](const FixedRateRun& x) { return x.corrected.p9999; });
+                field("max_ns", [](const FixedRateRun& x) { return x.corrected.max; });
+                field("uncorrected_p999_ns",
+                      [](const FixedRateRun& x) { return x.uncorrected.p999; });
+                field("uncorrected_max_ns",
+                      [](const FixedRateRun& x) { return x.uncorrected.max; });
+                j << ",\n        \"runs\": "
+                  << list_json(c.fixed,
+                               [](const FixedRateRun& x) {
+                                   return cat("{\"corrected\": ", rtt_json(x.corrected),
+                                              ", \"uncorrected\": ", rtt_json(x.uncorrected),
+                                              ", \"late\": ", std::to_string(x.late),
+                                              ", \"unsent\": ", std::to_string(x.unsent),
+                                              ", \"achieved_msgs_per_s\": ", num(x.achieved), "}");
+                               })
+                  << ",\n        \"curve\": " << list_json(c.curve, [](const CurvePoint& p) {
+                         return cat("[", num(p.percentile), ", ", num(p.ns), "]");
+                     });
             } else {
                 j << ", \"p50_ns\": "
                   << stat_json(stat_of(c.rtt, [](const RoundTripRun& x) { return x.p50; }))
@@ -325,7 +490,45 @@ void write_json(const Report& r, const std::string& path) {
           << "\", \"cpu_percent\": " << num(r.idle[i].cpu_percent)
           << ", \"window_ms\": " << num(r.idle[i].window_ms) << "}";
     }
-    j << "],\n  \"targets\": [";
+    j << "],\n  \"spill\": ";
+    if (r.spill) {
+        const SpillResult& s = *r.spill;
+        const SpillOptions& so = s.options;
+        j << "{\"producer_rate\": " << num(so.producer_rate)
+          << ", \"consumer_rate\": " << num(so.slow_rate())
+          << ", \"duration_ms\": " << so.duration.count() << ", \"msg_bytes\": " << so.msg_bytes
+          << ", \"overrun_after\": " << s.overrun_after << ", \"overrun_what\": \""
+          << json_escape(s.overrun_what) << "\", \"sent\": " << s.sent
+          << ", \"received\": " << s.received << ", \"lost\": " << s.lost
+          << ", \"spilled\": " << s.spilled << ", \"drained\": " << s.drained
+          << ", \"discarded\": " << s.discarded << ", \"high_water\": " << s.high_water
+          << ",\n    \"send_while_spilling\": " << rtt_json(s.send_spilling)
+          << ", \"send_all\": " << rtt_json(s.send_all)
+          << ",\n    \"drain_rate_msgs_per_s\": " << num(s.drain_rate)
+          << ", \"drainer_cpu_percent\": "  // null: not measured
+          << num(s.drainer_cpu_pct >= 0 ? s.drainer_cpu_pct
+                                        : std::numeric_limits<double>::quiet_NaN())
+          << ", \"sender_minor_faults\": " << s.sender_faults
+          << ", \"sender_preemptions\": " << s.sender_switches
+          << ",\n    \"sample_ms\": " << so.sample_every.count() << ", \"depth\": "
+          << list_json(s.depth,
+                       [](const SpillSample& d) {
+                           return cat("[", num(d.t_ms), ", ", std::to_string(d.depth), "]");
+                       })
+          << "}";
+    } else {
+        j << "null";
+    }
+    j << ",\n  \"cancel\": ";
+    if (r.cancel) {
+        j << "{\"iterations\": " << r.cancel->options.iterations
+          << ", \"cancel_after_us\": " << r.cancel->options.cancel_after.count()
+          << ", \"park\": " << rtt_json(r.cancel->park)
+          << ", \"full\": " << rtt_json(r.cancel->full) << "}";
+    } else {
+        j << "null";
+    }
+    j << ",\n  \"targets\": [";
     const auto targets = check_targets(r);
     for (std::size_t i = 0; i < targets.size(); ++i) {
         const TargetCheck& t = targets[i];
@@ -339,6 +542,28 @@ void write_json(const Report& r, const std::string& path) {
     f << j.str();
     f.close();
     if (!f) throw SystemError("cannot write " + path + ": " + std::strerror(errno));
+}
+
+void run_and_report(const Options& options, Program program, std::ostream& out,
+                    std::ostream& progress) {
+    if (options.help) {
+        out << usage(program);
+        return;
+    }
+    if (options.list) {
+        for (const auto& t : transports()) out << t.name << "\t" << t.description << "\n";
+        return;
+    }
+    const Report report = run(options, progress);
+    print_table(report, out);
+    if (!options.json_path.empty()) {
+        write_json(report, options.json_path);
+        out << "\nwrote " << options.json_path << "\n";
+    }
+    if (!options.svg_path.empty()) {
+        write_svg(report, options.svg_path);
+        out << "wrote " << options.svg_path << "\n";
+    }
 }
 
 }  // namespace shmctx::bench

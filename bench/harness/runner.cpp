@@ -1,4 +1,5 @@
 // The run loops (templates over the transport) and the batch scheduler of the harness.
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -21,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "cancel.hpp"
 #include "harness.hpp"
 #include "message.hpp"
 #include "minimal_ring.hpp"
@@ -29,6 +31,7 @@
 #include "shmctx/shm/names.hpp"
 #include "shmctx_fb_codec.hpp"
 #include "shmctx_transport.hpp"
+#include "spill.hpp"
 #include "transport.hpp"
 #include "uds_transport.hpp"
 
@@ -60,6 +63,12 @@ std::string_view to_string(Test t) noexcept {
             return "roundtrip";
         case Test::idle:
             return "idle";
+        case Test::fixed_rate:
+            return "fixed-rate";
+        case Test::spill:
+            return "spill";
+        case Test::cancel:
+            return "cancel";
     }
     return "?";
 }
@@ -70,6 +79,12 @@ namespace {
 constexpr int kPeerFd = 100;
 /// Round-trip samples discarded at the start of a run (warm-up: page faults, branch history).
 constexpr std::size_t kWarmupSamples = 1000;
+/// Fixed rate: untimed round trips before the schedule starts (the same warm-up, not dropped
+/// from the schedule: dropping scheduled samples would drop their stalls too).
+constexpr std::uint64_t kFixedRateWarmup = 1000;
+/// Fixed rate, block mode: the sender sleeps until this long before a message is due, then
+/// spins.
+constexpr std::int64_t kPacingSpinNs = 100'000;
 
 /// What one run needs; the peer rebuilds the same from its command line.
 struct RunContext {
@@ -78,6 +93,7 @@ struct RunContext {
     Placement placement;
     Duration duration;
     Duration idle_window;
+    double rate = 0;  ///< fixed rate: msg/s
     std::chrono::milliseconds timeout;
     std::uint64_t inject_skip = ~std::uint64_t{0};
 };
@@ -184,22 +200,26 @@ double throughput_body(Started<T>& run, const RunContext& rc) {
 }
 
 RoundTripRun percentiles(std::vector<std::uint32_t>& samples) {
-    RoundTripRun r;
     if (samples.size() > 2 * kWarmupSamples)
         samples.erase(samples.begin(), samples.begin() + kWarmupSamples);
-    r.samples = samples.size();
-    if (samples.empty()) return r;
-    std::sort(samples.begin(), samples.end());
-    auto at = [&](double q) {
-        const auto i = static_cast<std::size_t>(q * static_cast<double>(samples.size()));
-        return static_cast<double>(samples[std::min(i, samples.size() - 1)]);
-    };
-    r.p50 = at(0.50);
-    r.p90 = at(0.90);
-    r.p99 = at(0.99);
-    r.p999 = at(0.999);
-    r.max = static_cast<double>(samples.back());
-    return r;
+    return percentiles_of(samples);
+}
+
+/// Sends message `seq` and waits for its echo (checked).
+template <class Tx, class Rx>
+void ping(Tx& tx, Rx& rx, std::vector<std::byte>& msg, std::uint64_t seq) {
+    const std::size_t size = msg.size();
+    stamp(msg.data(), size, seq);
+    tx.send(msg.data(), size);
+    tx.flush();
+    bool got = false;
+    while (!got) {
+        rx.receive([&](const std::byte* p, std::size_t n) {
+            if (got || !check("round trip (parent)", p, n, size, seq))
+                throw CheckFailed("round trip: unexpected extra message or end marker");
+            got = true;
+        });
+    }
 }
 
 template <Transport T>
@@ -216,20 +236,9 @@ RoundTripRun roundtrip_body(Started<T>& run, const RunContext& rc) {
     const auto end = Clock::now() + rc.duration;
     auto t = Clock::now();
     for (std::uint64_t seq = 0;; ++seq) {
-        stamp(msg.data(), size, seq);
-        tx.send(msg.data(), size);
-        tx.flush();
-        bool got = false;
-        while (!got) {
-            rx.receive([&](const std::byte* p, std::size_t n) {
-                if (got || !check("round trip (parent)", p, n, size, seq))
-                    throw CheckFailed("round trip: unexpected extra message or end marker");
-                got = true;
-            });
-        }
+        ping(tx, rx, msg, seq);
         const auto t1 = Clock::now();
-        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t).count();
-        samples.push_back(static_cast<std::uint32_t>(std::min<std::int64_t>(ns, UINT32_MAX)));
+        samples.push_back(saturated_ns(t1 - t));
         t = t1;
         if (t1 >= end) break;
     }
@@ -239,6 +248,66 @@ RoundTripRun roundtrip_body(Started<T>& run, const RunContext& rc) {
     (void)parse_numbers(peer.read_line(Deadline(rc.timeout)), "done");
     peer.wait_success(Deadline(std::chrono::seconds(10)));
     return percentiles(samples);
+}
+
+/// Fixed rate: message i is due at start + i / rate; the parent waits until then (unless it is
+/// already late), sends, waits for the echo, and records both times (FixedRateRecorder: the
+/// latency from the intended time is the coordinated-omission corrected one). One message is in
+/// flight at a time, so a slow reply delays the next sends and the correction charges them.
+template <Transport T>
+std::pair<FixedRateRun, std::vector<std::uint32_t>> fixed_rate_body(Started<T>& run,
+                                                                    const RunContext& rc) {
+    auto& link = run.link;
+    auto& peer = run.peer;
+    auto tx = link.sender(Dir::a_to_b);
+    auto rx = link.receiver(Dir::b_to_a);
+    const std::size_t size = rc.spec.msg_bytes;
+    std::vector<std::byte> msg = make_message(size);
+    const double period_ns = 1e9 / rc.rate;
+    const auto count = static_cast<std::size_t>(
+        std::max(1.0, rc.rate * std::chrono::duration<double>(rc.duration).count()));
+    FixedRateRecorder recorder(period_ns, count);
+    const RunGuard guard = RunGuard::of(rc.spec);
+    peer.write_line("go");
+    std::uint64_t seq = 0;
+    for (; seq < kFixedRateWarmup; ++seq) ping(tx, rx, msg, seq);
+    const auto start = Clock::now();
+    auto since_start = [&start](Clock::time_point t) {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(t - start).count();
+    };
+    // A rate the transport cannot sustain would make the run last count x round trip: stop
+    // sending at this limit (the rest are recorded as unsent, with the time they had waited).
+    const std::int64_t limit_ns =
+        3 * std::chrono::duration_cast<std::chrono::nanoseconds>(rc.duration).count() +
+        1'000'000'000;
+    std::size_t i = 0;
+    for (; i < count; ++i, ++seq) {
+        const std::int64_t due = recorder.intended_ns(i);
+        auto now = Clock::now();
+        if (since_start(now) > limit_ns) break;
+        // Waiting for the schedule is pacing, part of the method (not synchronisation). Spin
+        // mode spins to the due time. Block mode sleeps when the due time is far (a block-mode
+        // sender at a modest rate is no CPU hog, and a sleeper gets the CPU back promptly on a
+        // shared machine) and spins the last kPacingSpinNs, so that a timer's wake-up jitter
+        // is not charged to the transport.
+        if (rc.spec.mode == Mode::block && due - since_start(now) > 2 * kPacingSpinNs) {
+            std::this_thread::sleep_until(start + std::chrono::nanoseconds(due - kPacingSpinNs));
+            now = Clock::now();
+        }
+        for (std::uint32_t rounds = 0; since_start(now) < due; now = Clock::now())
+            if ((++rounds & 1023U) == 0) check_peer(guard, "fixed rate: waiting for the schedule");
+        ping(tx, rx, msg, seq);
+        recorder.record(since_start(now), since_start(Clock::now()));
+    }
+    const std::int64_t stopped_ns = since_start(Clock::now());
+    for (; i < count; ++i) recorder.record_unsent(stopped_ns);
+    stamp(msg.data(), size, kEndSeq);
+    tx.send(msg.data(), size);
+    tx.flush();
+    (void)parse_numbers(peer.read_line(Deadline(rc.timeout)), "done");
+    peer.wait_success(Deadline(std::chrono::seconds(10)));
+    FixedRateRun r = recorder.finish();
+    return {r, recorder.corrected_samples()};
 }
 
 template <Transport T>
@@ -284,6 +353,10 @@ RoundTripRun run_roundtrip(const RunContext& rc) {
 template <Transport T>
 double run_idle(const RunContext& rc) {
     return with_peer<T>(rc, "idle", &idle_body<T>);
+}
+template <Transport T>
+std::pair<FixedRateRun, std::vector<std::uint32_t>> run_fixed_rate(const RunContext& rc) {
+    return with_peer<T>(rc, "echo", &fixed_rate_body<T>);
 }
 
 // ---- peer side ----
@@ -383,13 +456,14 @@ struct Entry {
     double (*throughput)(const RunContext&);
     RoundTripRun (*roundtrip)(const RunContext&);
     double (*idle)(const RunContext&);
+    std::pair<FixedRateRun, std::vector<std::uint32_t>> (*fixed_rate)(const RunContext&);
     int (*peer)(std::string_view, const ChannelSpec&);
 };
 
 template <Transport T>
 constexpr Entry entry(std::string_view name, std::string_view what, bool batch_tx, bool batch_rx) {
-    return {{name, what},      batch_tx,     batch_rx,    &run_throughput<T>,
-            &run_roundtrip<T>, &run_idle<T>, &run_peer<T>};
+    return {{name, what},      batch_tx,     batch_rx,           &run_throughput<T>,
+            &run_roundtrip<T>, &run_idle<T>, &run_fixed_rate<T>, &run_peer<T>};
 }
 
 constexpr Entry kEntries[] = {
@@ -433,12 +507,34 @@ void remove_stale_objects(const shm::Names& ours) {
         const std::string rest = name.substr(root.size());
         long pid = 0;
         const auto [end, err] = std::from_chars(rest.data(), rest.data() + rest.size(), pid);
-        if (err != std::errc() || end == rest.data() || *end != '.') continue;
+        if (err != std::errc() || end == rest.data() || (*end != '.' && *end != '-')) continue;
+        if (*end == '-') {
+            // "bench-<pid>-spill." and "bench-<pid>-cancel.": the actor tests' namespaces.
+            const std::string_view tail(end, rest.data() + rest.size());
+            if (tail.rfind("-spill.", 0) != 0 && tail.rfind("-cancel.", 0) != 0) continue;
+        }
         if (pid == ::getpid()) continue;
         if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
             (void)shm::Segment::remove(name);
     }
 }
+
+/// The calling thread's CPU mask at construction, given back at destruction (run() pins the
+/// thread for the transport tests; the actor tests and the caller get the mask back).
+class AffinityRestorer {
+public:
+    AffinityRestorer() { ok_ = ::sched_getaffinity(0, sizeof mask_, &mask_) == 0; }
+    AffinityRestorer(const AffinityRestorer&) = delete;
+    AffinityRestorer& operator=(const AffinityRestorer&) = delete;
+    ~AffinityRestorer() { restore(); }
+    void restore() const noexcept {
+        if (ok_) (void)::sched_setaffinity(0, sizeof mask_, &mask_);
+    }
+
+private:
+    cpu_set_t mask_{};
+    bool ok_ = false;
+};
 
 std::string utc_now() {
     const std::time_t t = std::time(nullptr);
@@ -476,6 +572,7 @@ Report run(const Options& options, std::ostream& progress) {
         for (const auto& name : options.transports) selected.push_back(&find_entry(name));
     }
 
+    const AffinityRestorer affinity;
     Report report;
     report.options = options;
     report.commit = git_commit(SHMCTX_BENCH_SOURCE_DIR);
@@ -488,8 +585,11 @@ Report run(const Options& options, std::ostream& progress) {
     const shm::Names names(options.ns.empty() ? "bench-" + std::to_string(::getpid()) : options.ns);
     if (options.ns.empty()) remove_stale_objects(names);
     std::uint64_t counter = 0;
+    // Every wait is bounded by this: the longest run (a fixed-rate run stops sending at 3 x its
+    // duration + 1 s) plus a margin for a loaded machine.
     const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-        options.duration + options.idle_window + std::chrono::seconds(20));
+        std::max(options.duration, 3 * options.fixed_rate_duration + std::chrono::seconds(1)) +
+        options.idle_window + std::chrono::seconds(20));
 
     auto make_context = [&](const Entry& e, std::size_t size, Mode mode) {
         RunContext rc;
@@ -531,7 +631,7 @@ Report run(const Options& options, std::ostream& progress) {
                                                   report.placement, options.c2c_round_trips);
                 batch.memcpy = measure_memcpy(64 * 1024, options.ring_bytes, 5, 4);
                 for (const Entry* e : selected)
-                    batch.cells.push_back({std::string(e->info.name), {}, {}});
+                    batch.cells.push_back({std::string(e->info.name), {}, {}, {}, {}});
                 for (int r = 0; r < options.runs; ++r) {
                     for (std::size_t i = 0; i < selected.size(); ++i) {
                         check_stop();
@@ -558,6 +658,51 @@ Report run(const Options& options, std::ostream& progress) {
             }
         }
     }
+    if (has(Test::fixed_rate)) {
+        for (Mode mode : options.modes) {
+            for (double rate : options.rates) {
+                check_stop();
+                Batch batch;
+                batch.test = Test::fixed_rate;
+                batch.mode = mode;
+                batch.size = options.fixed_rate_size;
+                batch.rate = rate;
+                batch.c2c = measure_cacheline_rtt(names.prefix() + "r" + std::to_string(counter++),
+                                                  report.placement, options.c2c_round_trips);
+                batch.memcpy = measure_memcpy(64 * 1024, options.ring_bytes, 5, 4);
+                std::vector<std::vector<std::uint32_t>> pooled(selected.size());
+                for (const Entry* e : selected)
+                    batch.cells.push_back({std::string(e->info.name), {}, {}, {}, {}});
+                for (int r = 0; r < options.runs; ++r) {
+                    for (std::size_t i = 0; i < selected.size(); ++i) {
+                        check_stop();
+                        RunContext rc = make_context(*selected[i], batch.size, mode);
+                        rc.rate = rate;
+                        rc.duration = options.fixed_rate_duration;
+                        try {
+                            auto [run, samples] = selected[i]->fixed_rate(rc);
+                            batch.cells[i].fixed.push_back(run);
+                            pooled[i].insert(pooled[i].end(), samples.begin(), samples.end());
+                        } catch (const std::exception& e) {
+                            throw std::runtime_error("fixed-rate " + rc.transport + " " +
+                                                     format_rate(rate) + " " +
+                                                     std::string(to_string(mode)) + " run " +
+                                                     std::to_string(r + 1) + ": " + e.what());
+                        }
+                    }
+                }
+                for (std::size_t i = 0; i < selected.size(); ++i) {
+                    std::sort(pooled[i].begin(), pooled[i].end());
+                    batch.cells[i].curve = percentile_curve(pooled[i]);
+                }
+                progress << "fixed-rate " << format_rate(rate) << " " << to_string(mode)
+                         << ": done (c2c " << std::fixed << std::setprecision(0)
+                         << batch.c2c.median_ns << " ns)\n"
+                         << std::flush;
+                report.batches.push_back(std::move(batch));
+            }
+        }
+    }
     if (has(Test::idle)) {
         for (const Entry* e : selected) {
             check_stop();
@@ -570,6 +715,28 @@ Report run(const Options& options, std::ostream& progress) {
             }
         }
         progress << "idle: done\n" << std::flush;
+    }
+    // The actor tests run where the scheduler puts them: the runtime's threads inherit the
+    // calling thread's mask, which gets its pinning undone here.
+    affinity.restore();
+    const std::string actor_ns = names.ns();
+    if (has(Test::spill)) {
+        check_stop();
+        try {
+            report.spill = run_spill(options.spill, actor_ns + "-spill", progress);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(std::string("spill test: ") + e.what());
+        }
+        progress << "spill: done\n" << std::flush;
+    }
+    if (has(Test::cancel)) {
+        check_stop();
+        try {
+            report.cancel = run_cancel(options.cancel, actor_ns + "-cancel", progress);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(std::string("cancel test: ") + e.what());
+        }
+        progress << "cancel: done\n" << std::flush;
     }
     return report;
 }
@@ -585,6 +752,9 @@ int peer_main(std::span<const std::string_view> args) {
     ChannelSpec spec;
     int cpu = -1;
     long timeout_ms = 30000;
+    // The actor tests' servers take their own arguments.
+    if (args.size() >= 2 && args[1] == kStreamServerRole) return stream_server_main(args);
+    if (args.size() >= 2 && args[1] == kCancelServerRole) return cancel_server_main(args);
     try {
         auto number = [](std::string_view key, std::string_view v) {
             long x = 0;
@@ -628,6 +798,7 @@ int peer_main(std::span<const std::string_view> args) {
             throw std::runtime_error("peer: parent already gone");
         pin_to(cpu);
         if (role == "cacheline") return cacheline_peer(name, spec.deadline);
+
         return find_entry(transport).peer(role, spec);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "shmctx_perf_harness peer (%s %s %zu B): FAILED: %s\n", role.c_str(),

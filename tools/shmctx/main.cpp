@@ -1,5 +1,6 @@
-// `shmctx`: inspect and clean the shared-memory objects of shmctx actors (DESIGN.md §7; output
-// formats and exit codes in docs/protocol.d/cli.md). It never joins as an actor.
+// `shmctx`: inspect and clean the shared-memory objects of shmctx actors, and measure (DESIGN.md
+// §7; output formats and exit codes in docs/protocol.d/cli.md). `ls` and `clean` never join as
+// an actor; `perf` runs the benchmark harness in its own namespace.
 #include <cstdio>
 #include <exception>
 #include <string_view>
@@ -19,15 +20,21 @@ constexpr std::string_view kUsage =
     "         heartbeat did not move as unresponsive\n"
     "  clean  [--ns NS | --all-ns] [--json] [--dry-run]\n"
     "         remove what dead actors (actor file lock free) left in /dev/shm\n"
+    "  perf   [--tests LIST] [--transports LIST] [--quick] [--json FILE] [--svg FILE] ...\n"
+    "         the benchmark harness: throughput, round trip, fixed-rate latency (coordinated-\n"
+    "         omission corrected), spill/overrun under a slow consumer, cancel latency;\n"
+    "         'shmctx perf --help' lists every option\n"
     "\n"
     "The namespace defaults to $SHMCTX_NS, else \"default\". Only objects of the effective uid\n"
-    "are looked at. Exit status: 0 success, 1 error, 2 usage error.\n";
+    "are looked at (ls, clean). Exit status: 0 success, 1 error, 2 usage error.\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
     using namespace shmctx::cli;
     const std::vector<std::string_view> args(argv + (argc > 0 ? 1 : 0), argv + argc);
+    // A peer process of `shmctx perf` (the harness spawns /proc/self/exe --role ...).
+    if (is_perf_peer(args)) return run_perf_peer(args);
     if (args.empty()) {
         std::fputs(kUsage.data(), stderr);
         return kExitUsage;
@@ -37,6 +44,7 @@ int main(int argc, char** argv) {
     try {
         if (command == "ls") return run_ls(rest);
         if (command == "clean") return run_clean(rest);
+        if (command == "perf") return run_perf(rest);
         if (command == "help" || command == "--help" || command == "-h") {
             std::fputs(kUsage.data(), stdout);
             return kExitOk;
