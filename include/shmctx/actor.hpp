@@ -54,33 +54,39 @@ class LinkHandle;
 /// and shipped to the parent (spec §3.8).
 using Endpoint = std::function<Payload(Context&, const Payload& args)>;
 
+/// Actor settings. The Actor constructor checks every bound below and raises
+/// std::invalid_argument naming the field, its value and the bound (the namespace: InvalidName).
 struct ActorOptions {
     /// Namespace (empty: $SHMCTX_NS, else "default"). Actors see only their namespace.
     std::string ns;
-    /// Mode of the actor's shared-memory objects.
+    /// Mode of the actor's shared-memory objects: within 0777, including 0600.
     mode_t mode = 0600;
-    /// Most endpoints running at once; a Start past it is refused with a boxed
+    /// Most endpoints running at once (at least 1); a Start past it is refused with a boxed
     /// TooManyContexts.
     std::size_t max_endpoints = 1024;
-    /// An idle endpoint thread retires after this long.
+    /// An idle endpoint thread retires after this long (not negative).
     Duration endpoint_idle_timeout = std::chrono::seconds(5);
-    /// Default inbound message capacity of our contexts (tractor's 64).
+    /// Default inbound message capacity of our contexts (tractor's 64; at least 1).
     std::uint32_t msg_buffer_size = 64;
-    /// Data bytes of each data ring we carve (a power of two >= 4 KiB); a message may use a
-    /// quarter of it.
+    /// Data bytes of each data ring we carve (a power of two in [4 KiB, 2^40]); a message may
+    /// use a quarter of it.
     std::size_t data_ring_bytes = std::size_t{256} * 1024;
-    /// Virtual size of each link arena (sparse: only carved rings use memory).
+    /// Virtual size of each link arena (sparse: only carved rings use memory). A multiple of
+    /// 4 KiB with room for the control ring and one data ring: at least
+    /// 4 KiB + 512 KiB + 2 * data_ring_bytes (1 MiB + 4 KiB for the default ring).
     std::size_t arena_bytes = std::size_t{256} << 20;
-    /// Cap on one control record: a bigger start argument, started() or Return value is
-    /// PayloadTooLarge (stream it instead); error tracebacks are truncated to fit.
+    /// Cap on one control record, in [1 KiB, 64 KiB - 16] (the control ring's record limit): a
+    /// bigger start argument, started() or Return value is PayloadTooLarge (stream it
+    /// instead); error tracebacks are truncated to fit.
     std::size_t max_control_record_bytes = std::size_t{16} * 1024;
-    /// Liveness heartbeat period; a peer whose heartbeat is older than `unresponsive_after` is
-    /// reported unresponsive (never dead: death needs kernel evidence).
     /// After activity, the control loop, idle endpoint threads and threads waiting on a
     /// context watch for the next event this long (yielding the CPU) before they sleep on a
     /// futex: a back-to-back exchange then never pays a wake-up (tens of microseconds on a
-    /// VM). An idle actor still uses no CPU. Zero: sleep at once.
+    /// VM). An idle actor still uses no CPU. Zero: sleep at once (not negative).
     Duration spin_before_sleep = std::chrono::microseconds(50);
+    /// Liveness heartbeat period (positive); a peer whose heartbeat is older than
+    /// `unresponsive_after` (longer than heartbeat_interval) is reported unresponsive (never
+    /// dead: death needs kernel evidence).
     Duration heartbeat_interval = std::chrono::milliseconds(100);
     Duration unresponsive_after = std::chrono::seconds(2);
     /// Zero (the default): an unresponsive peer (stopped, traced, starved) is only reported
@@ -136,7 +142,7 @@ public:
     /// The link's loss raises its error (TransportClosed, PeerDied, PeerUnresponsive,
     /// ProtocolError, LayoutError). Blocking waits observe the caller's cancel scope (on a
     /// thread outside every scope, the actor's: Actor::cancel() reaches them); a cancelled actor
-    /// opens nothing (shmctx::Cancelled).
+    /// opens nothing (shmctx::Cancelled), nor does a destroyed one (TransportClosed).
     template <class Body>
     auto open_context(std::string_view fn, PayloadView args, Body&& body, OpenOptions options = {})
         -> ContextResult<std::invoke_result_t<Body&, Context&, const Payload&>> {
@@ -161,9 +167,10 @@ public:
     /// runs is cancelled, each context any actor has with it ends with a ContextCancelled whose
     /// canceller() is us, and its ack follows all of those on our link. Waits for the ack up
     /// to `deadline`, shielded from our own cancellation. True if acked; false when the link is
-    /// not up, on timeout, or when the link is lost meanwhile. A portal to our own actor
-    /// cancels it (Actor::cancel()) and waits for its tasks the same way (from one of its own
-    /// endpoints, only until `deadline`: that endpoint is one of the tasks).
+    /// not up, on timeout, or when the link is lost meanwhile (cancel_called() is set in every
+    /// case). A portal to our own actor cancels it (Actor::cancel()) and waits for its tasks
+    /// the same way (from one of its own endpoints, only until `deadline`: that endpoint is
+    /// one of the tasks).
     bool cancel_actor(Deadline deadline = std::chrono::milliseconds(500));
     /// cancel_actor() was called on this portal's link (by any portal to that peer).
     bool cancel_called() const noexcept;
@@ -184,14 +191,17 @@ private:
 
 /// An actor. Several may live in one process. The destructor shuts down in order: cancels
 /// running endpoints, closes links (peers' contexts fail with TransportClosed), joins its
-/// threads and removes its shared-memory objects. Parent bodies still running on other threads
-/// are cancelled too (their next wait ends with shmctx::Cancelled or TransportClosed): end them
-/// first.
+/// threads, removes its shared-memory objects and releases its name (a new Actor may take it
+/// at once). Parent bodies still running on other threads are cancelled too (their next wait
+/// ends with shmctx::Cancelled or TransportClosed): end them first. Handles that outlive it
+/// (Portal, Context, MsgStream, Subscription) stay safe to use: what they recorded stays
+/// readable, and their calls fail (TransportClosed naming this actor, or the link's error).
 /// Thread-safety: thread-safe.
 class Actor {
 public:
     /// Claims `name` in the namespace: NameTaken if a live actor holds it, InvalidName for a
-    /// name outside [A-Za-z0-9_-] (1-64 bytes).
+    /// name outside [A-Za-z0-9_-] (1-64 bytes), std::invalid_argument for an option outside
+    /// its bound (see ActorOptions).
     explicit Actor(std::string name, ActorOptions options = {});
     Actor(const Actor&) = delete;
     Actor& operator=(const Actor&) = delete;

@@ -172,10 +172,15 @@ public:
     std::string_view text() const noexcept {
         return {reinterpret_cast<const char*>(view_.bytes().data()), view_.bytes().size()};
     }
-    /// Verified FlatBuffer root (DecodeError on a mismatch).
+    /// The verified root of FlatBuffer T, pointing into the message; accepts what
+    /// Payload::as<T>() accepts (kind flatbuffer, or bytes: send_with's default). DecodeError
+    /// for another kind, a wrong file identifier or a failed verification.
     template <class T>
     const T* as() const {
-        if (view_.kind() != PayloadKind::flatbuffer) throw_not_flatbuffer();
+        const PayloadKind kind = view_.kind();
+        if (kind != PayloadKind::flatbuffer && kind != PayloadKind::bytes) {
+            throw_not_flatbuffer(kind);
+        }
         return verified_root<T>(view_.bytes());
     }
     /// A FlexBuffers scalar or string (Payload::value<T>()); copies. Not std::string_view: it
@@ -196,7 +201,7 @@ private:
     explicit Message(PayloadView view) noexcept : view_(view) {}
     explicit Message(std::shared_ptr<const Payload> owned) noexcept
         : owned_(std::move(owned)), view_(owned_->view()) {}
-    [[noreturn]] static void throw_not_flatbuffer();
+    [[noreturn]] static void throw_not_flatbuffer(PayloadKind kind);
     std::shared_ptr<const Payload> owned_;  // copy_on_receive only
     PayloadView view_;
 };
@@ -210,7 +215,9 @@ struct SubscribeOptions {
 };
 
 /// One context's bidirectional stream. One-shot (a second open_stream() raises
-/// ClosedResourceError). The destructor closes it (sends Stop).
+/// ClosedResourceError). The destructor closes it (sends Stop). Move-only: a moved-from stream
+/// raises InvalidOperation naming the member from every call that may throw, its try_* calls
+/// return peer_error, closed() is true and max_message_bytes() 0; assigning to it revives it.
 /// Thread-safety: one sending and one receiving thread at a time; closed() from either;
 /// close() from the sending thread, or from the receiving thread while no send() runs (the
 /// Stop it sends counts the records sent before it; a close() racing a send() on another
@@ -318,6 +325,9 @@ private:
     friend class Context;
     friend class Poller;
     explicit MsgStream(std::shared_ptr<detail::ContextState> state) noexcept;
+    /// The context's state; InvalidOperation naming `member` ("MsgStream::send") on a
+    /// moved-from stream.
+    detail::ContextState& state(const char* member) const;
     /// InvalidOperation once subscribe() took over receiving.
     void check_not_subscribed() const;
     template <class Fill>
@@ -382,9 +392,14 @@ public:
     /// A Cancelled unwound this side's scope and was absorbed at its boundary.
     bool cancelled_caught() const noexcept;
     std::optional<Uid> canceller() const;
+    /// The first Error the peer sent (unboxed once: the same object every time), or null. The
+    /// link's loss is not a remote error: maybe_error() reports it.
     std::exception_ptr remote_error() const;
+    /// What ended our side: the exception that left the open_context block or the endpoint, or
+    /// the error wait_for_result() raised; null if none.
     std::exception_ptr local_error() const;
-    /// Remote error if it is a RemoteActorError, else local error, else remote error.
+    /// The error that ended the context: the remote error, else the local error, else the
+    /// link-loss error (TransportClosed, PeerDied, ...); null if none.
     std::exception_ptr maybe_error() const;
     /// The remote error's fields, or nullptr.
     const RemoteActorError* remote_error_info() const;
@@ -396,7 +411,9 @@ public:
     bool cancelled() const noexcept;
     /// Throws shmctx::Cancelled if this side's scope (or an enclosing one) is cancelled.
     void checkpoint();
-    /// Sleeps, waking early with shmctx::Cancelled on cancellation.
+    /// Sleeps for `d`, waking early with shmctx::Cancelled when this side's scope is cancelled
+    /// (what checkpoint() checks) or, as every blocking call, the calling thread's own scope
+    /// chain (which may be another context's).
     void sleep_for(Duration d);
     /// Fires when this side's scope is cancelled.
     std::stop_token stop_token() const noexcept;

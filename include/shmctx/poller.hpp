@@ -28,8 +28,9 @@ public:
     Poller& operator=(const Poller&) = delete;
     ~Poller() = default;
 
-    /// Adds `stream` (InvalidOperation if it belongs to another Actor than those added before,
-    /// or is added twice).
+    /// Adds `stream`. InvalidOperation if it is added twice, belongs to another Actor than
+    /// those added before, has subscriptions (MsgStream::subscribe: they receive its
+    /// messages), or is a moved-from MsgStream.
     void add(MsgStream& stream);
     /// Removes `stream`; false if it was not added.
     bool remove(MsgStream& stream) noexcept;
@@ -38,7 +39,8 @@ public:
     /// The added streams on which receive() would not wait now (a message, the end of the
     /// stream, or an error it raises), in the order they were added; waits up to `deadline` for
     /// at least one (an empty result means the deadline passed). Cancellable: throws
-    /// shmctx::Cancelled when the caller's cancel scope is cancelled.
+    /// shmctx::Cancelled when the caller's cancel scope is cancelled. With no stream added it
+    /// raises InvalidOperation (nothing could become ready).
     std::vector<MsgStream*> wait(Deadline deadline = {});
 
 private:

@@ -1,7 +1,10 @@
 #include "core/actor_core.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <system_error>
 #include <utility>
@@ -10,8 +13,10 @@
 #include "core/boxing.hpp"
 #include "core/context_state.hpp"
 #include "shmctx/errors.hpp"
+#include "shmctx/shm/arena.hpp"
 #include "shmctx/shm/fault.hpp"
 #include "shmctx/shm/layout.hpp"
+#include "shmctx/shm/ring.hpp"
 
 namespace shmctx::detail {
 
@@ -29,6 +34,69 @@ wire::ContextSettings settings_of(const wire::fb::ContextOptions* o) {
     return s;
 }
 
+std::string ns_text(Duration d) { return std::to_string(d.count()) + " ns"; }
+
+[[noreturn]] void bad_option(std::string_view field, const std::string& value,
+                             std::string_view bound) {
+    throw std::invalid_argument("ActorOptions::" + std::string(field) + " = " + value + ": " +
+                                std::string(bound));
+}
+
+/// The bounds actor.hpp documents for each field; std::invalid_argument naming the field, the
+/// value and the bound. Runs before anything is claimed or created.
+ActorOptions validated(ActorOptions o) {
+    if ((o.mode & ~mode_t{0777}) != 0 || (o.mode & 0600) != 0600) {
+        char text[16];
+        std::snprintf(text, sizeof text, "0%o", static_cast<unsigned>(o.mode));
+        bad_option("mode", text, "must be within 0777 and include 0600 (owner read and write)");
+    }
+    if (o.max_endpoints == 0) bad_option("max_endpoints", "0", "must be at least 1");
+    if (o.endpoint_idle_timeout < Duration::zero()) {
+        bad_option("endpoint_idle_timeout", ns_text(o.endpoint_idle_timeout), "is negative");
+    }
+    if (o.msg_buffer_size == 0) bad_option("msg_buffer_size", "0", "must be at least 1");
+    if (!std::has_single_bit(o.data_ring_bytes) || o.data_ring_bytes < kMinDataRingBytes ||
+        o.data_ring_bytes > shm::kMaxRingDataBytes) {
+        bad_option("data_ring_bytes", std::to_string(o.data_ring_bytes),
+                   "must be a power of two in [4096, 2^40]");
+    }
+    // Our link arena holds our control ring and at least one data ring.
+    const std::size_t arena_need =
+        shm::kArenaCarveBase +
+        shm::Arena::class_bytes(shm::ring_region_bytes(kControlRingDataBytes)) +
+        shm::Arena::class_bytes(shm::ring_region_bytes(o.data_ring_bytes));
+    if (o.arena_bytes % 4096 != 0 || o.arena_bytes < arena_need) {
+        bad_option("arena_bytes", std::to_string(o.arena_bytes),
+                   "must be a multiple of 4096 of at least " + std::to_string(arena_need) +
+                       " (the control ring and one data ring of data_ring_bytes = " +
+                       std::to_string(o.data_ring_bytes) + ")");
+    }
+    if (o.max_control_record_bytes < kMinControlRecordBytes ||
+        o.max_control_record_bytes > kMaxControlRecordBytes) {
+        bad_option("max_control_record_bytes", std::to_string(o.max_control_record_bytes),
+                   "must be in [" + std::to_string(kMinControlRecordBytes) + ", " +
+                       std::to_string(kMaxControlRecordBytes) +
+                       "] (the largest record of the control ring)");
+    }
+    if (o.spin_before_sleep < Duration::zero()) {
+        bad_option("spin_before_sleep", ns_text(o.spin_before_sleep), "is negative");
+    }
+    if (o.heartbeat_interval <= Duration::zero()) {
+        bad_option("heartbeat_interval", ns_text(o.heartbeat_interval), "must be positive");
+    }
+    if (o.unresponsive_after <= o.heartbeat_interval) {
+        bad_option("unresponsive_after", ns_text(o.unresponsive_after),
+                   "must be longer than heartbeat_interval = " + ns_text(o.heartbeat_interval));
+    }
+    if (o.unresponsive_timeout != Duration::zero() &&
+        o.unresponsive_timeout < o.unresponsive_after) {
+        bad_option(
+            "unresponsive_timeout", ns_text(o.unresponsive_timeout),
+            "must be 0 (off) or at least unresponsive_after = " + ns_text(o.unresponsive_after));
+    }
+    return o;
+}
+
 shm::LocalActorOptions record_options(const ActorOptions& o) {
     shm::LocalActorOptions r;
     r.claim.mode = o.mode;
@@ -39,7 +107,7 @@ EndpointPoolOptions pool_options(const ActorOptions& o, ActorCore* core) {
     EndpointPoolOptions p;
     p.on_idle_poll = [core] { return core->help_poll(); };
     p.on_idle_watch = [core](bool watching) { core->helping(watching); };
-    p.max_threads = o.max_endpoints == 0 ? 1 : o.max_endpoints;
+    p.max_threads = o.max_endpoints;
     p.idle_timeout = o.endpoint_idle_timeout;
     p.spin_before_sleep = o.spin_before_sleep;
     p.name = "shmctx-endpoint";
@@ -49,7 +117,7 @@ EndpointPoolOptions pool_options(const ActorOptions& o, ActorCore* core) {
 }  // namespace
 
 ActorCore::ActorCore(std::string name, ActorOptions options)
-    : options_(std::move(options)),
+    : options_(validated(std::move(options))),
       names_(options_.ns),
       record_(names_, name, record_options(options_)),
       uid_{std::move(name), record_.uuid()},
@@ -141,7 +209,16 @@ void ActorCore::shutdown() {
         requests_.clear();
     }
     fail_actor_requests(nullptr);
-    // Parent bodies still running on user threads keep their states (and links) alive.
+    // 4. The name goes now (docs/protocol.md §9.7 step 4): a new Actor may claim it at once.
+    //    Portals, contexts, streams and subscriptions that outlive us hold this core by
+    //    shared_ptr; they keep only the mappings (our segment, the links' arenas, all unlinked
+    //    already), which they may still touch, and their calls fail with TransportClosed.
+    record_.release_name();
+}
+
+bool ActorCore::shut_down() const {
+    const std::lock_guard lock(mu_);
+    return shutting_down_;
 }
 
 OverflowDrainer& ActorCore::drainer() {
@@ -1160,8 +1237,9 @@ bool ActorCore::wait_cancelled(Deadline deadline) {
 }
 
 bool ActorCore::request_actor_cancel(const std::shared_ptr<Link>& link, Deadline deadline) {
-    if (link->state() != LinkState::up) return false;  // spec §3.6: a disconnected channel
+    // Called, whether or not it can be sent: Portal::cancel_called() means the call was made.
     link->set_cancel_called();
+    if (link->state() != LinkState::up) return false;  // spec §3.6: a disconnected channel
     const std::uint64_t id = next_request_id();
     auto request = std::make_shared<ActorRequest>();
     request->link = link;

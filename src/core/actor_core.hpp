@@ -86,6 +86,13 @@ public:
     Uid peer;
 };
 
+/// Bounds of ActorOptions the Actor constructor enforces (see actor.hpp).
+inline constexpr std::size_t kMinDataRingBytes = 4096;
+inline constexpr std::size_t kMinControlRecordBytes = 1024;
+/// The largest record our control ring takes (a quarter of it, minus the record header).
+inline constexpr std::size_t kMaxControlRecordBytes =
+    kControlRingDataBytes / 4 - shm::kRecordHeaderBytes;
+
 struct ContextKey {
     Uuid peer;
     Cid cid;
@@ -105,8 +112,12 @@ public:
 
     /// Starts the threads (needs shared_from_this, so not in the constructor).
     void start();
-    /// Orderly shutdown: cancels every context, closes every link, joins the threads. Idempotent.
+    /// Orderly shutdown: cancels every context, closes every link, joins the threads, removes
+    /// the actor's objects and releases its name (the mappings stay while the core lives).
+    /// Idempotent.
     void shutdown();
+    /// shutdown() has begun: handles that outlive the Actor raise TransportClosed.
+    bool shut_down() const;
 
     const Uid& uid() const noexcept { return uid_; }
     const ActorOptions& options() const noexcept { return options_; }

@@ -1,6 +1,8 @@
 // The public Actor, Portal, Context and MsgStream: thin handles onto ActorCore and ContextState.
 #include <exception>
 #include <stdexcept>
+#include <stop_token>
+#include <string>
 #include <utility>
 
 #include "core/actor_core.hpp"
@@ -85,7 +87,10 @@ const Payload& Outcome::value() const {
     return *value_;
 }
 
-void Message::throw_not_flatbuffer() { throw DecodeError("message is not a FlatBuffer payload"); }
+void Message::throw_not_flatbuffer(PayloadKind kind) {
+    throw DecodeError("Message::as<T>(): the message is " + std::string(to_string(kind)) +
+                      ", not a FlatBuffer");
+}
 
 // ---- Actor ----
 
@@ -135,6 +140,12 @@ std::shared_ptr<detail::ContextState> open_parent(const std::shared_ptr<detail::
     // do): its body would be cancelled at once (DESIGN.md §4.6), and a Portal::run whose result
     // arrived before its wait looked at the token would return as if never cancelled.
     detail::checkpoint();
+    if (core->shut_down()) {
+        // A portal that outlived its Actor (or one used while ~Actor runs, outside every
+        // scope): the actor's links are closed and its name may belong to another actor now.
+        throw TransportClosed("actor " + core->uid().to_string() +
+                              " is shut down: its Actor was destroyed");
+    }
     if (core->root_scope().cancelled()) detail::throw_cancelled();
     wire::ContextSettings own;
     own.msg_buffer_size =
@@ -257,14 +268,18 @@ void Context::checkpoint() {
 }
 
 void Context::sleep_for(Duration d) {
-    // The calling thread's scope chain (inside the body or endpoint it includes this context's
-    // scope); from another thread, this context's scope alone.
-    if (detail::current_scope() != nullptr) {
-        detail::sleep_for(d);
-        return;
-    }
-    const detail::ScopeEntry entry(state_->scope());
-    detail::sleep_for(d);
+    // Wakes on this context's cancel (what checkpoint() checks) and, being a blocking call, on
+    // the calling thread's chain too, whichever scope that is (another context's body).
+    const detail::CancelScope& own = state_->scope();
+    if (own.cancelled()) detail::throw_cancelled();
+    detail::checkpoint();
+    std::stop_source either;
+    const auto forward = [&either]() noexcept { either.request_stop(); };
+    const std::stop_callback on_own(own.stop_token(), forward);
+    const std::stop_callback on_caller(detail::current_stop_token(), forward);
+    detail::sleep_until_stopped(d, either.get_token());
+    if (own.cancelled()) detail::throw_cancelled();
+    detail::checkpoint();
 }
 
 std::stop_token Context::stop_token() const noexcept { return state_->scope().stop_token(); }
@@ -310,6 +325,14 @@ MsgStream::~MsgStream() {
     }
 }
 
+detail::ContextState& MsgStream::state(const char* member) const {
+    // One predictable branch per call: a moved-from stream raises instead of crashing.
+    if (!state_) [[unlikely]] {
+        throw InvalidOperation(std::string(member) + " on a moved-from MsgStream");
+    }
+    return *state_;
+}
+
 void MsgStream::check_not_subscribed() const {
     // [sub.hub] pairs with [sub.hub] in subscribe() (acquire: orders this check after it).
     if (hub_.load(std::memory_order::acquire) != nullptr) {
@@ -318,9 +341,12 @@ void MsgStream::check_not_subscribed() const {
     }
 }
 
-void MsgStream::send(PayloadView message) { (void)state_->try_send(message, true); }
+void MsgStream::send(PayloadView message) {
+    (void)state("MsgStream::send").try_send(message, true);
+}
 
 SendStatus MsgStream::try_send(PayloadView message) noexcept {
+    if (!state_) return SendStatus::peer_error;  // send() raises InvalidOperation
     try {
         return state_->try_send(message, false);
     } catch (...) {
@@ -329,16 +355,19 @@ SendStatus MsgStream::try_send(PayloadView message) noexcept {
 }
 
 Message MsgStream::receive() {
+    detail::ContextState& st = state("MsgStream::receive");
     check_not_subscribed();
-    return *state_->receive(Deadline::never(), true);
+    return *st.receive(Deadline::never(), true);
 }
 
 std::optional<Message> MsgStream::receive_for(Duration timeout) {
+    detail::ContextState& st = state("MsgStream::receive_for");
     check_not_subscribed();
-    return state_->receive(Deadline(timeout), true);
+    return st.receive(Deadline(timeout), true);
 }
 
 RecvStatus MsgStream::try_receive(Message& out) noexcept {
+    if (!state_) return RecvStatus::peer_error;  // receive() raises InvalidOperation
     // [sub.hub] as in check_not_subscribed(); receive() then raises InvalidOperation.
     if (hub_.load(std::memory_order::acquire) != nullptr) return RecvStatus::peer_error;
     return state_->try_receive(out);
@@ -346,7 +375,8 @@ RecvStatus MsgStream::try_receive(Message& out) noexcept {
 
 SendStatus MsgStream::send_fill(std::size_t max_bytes, PayloadKind kind, detail::FillRef fill,
                                 bool raise) {
-    if (raise) return state_->send(max_bytes, kind, fill, true);
+    if (raise) return state("MsgStream::send_with").send(max_bytes, kind, fill, true);
+    if (!state_) return SendStatus::peer_error;  // send_with() raises InvalidOperation
     try {
         return state_->send(max_bytes, kind, fill, false);
     } catch (...) {
@@ -355,26 +385,34 @@ SendStatus MsgStream::send_fill(std::size_t max_bytes, PayloadKind kind, detail:
 }
 
 std::size_t MsgStream::drain_into(detail::MessageSink sink, std::size_t max) {
+    detail::ContextState& st = state("MsgStream::drain");
     check_not_subscribed();
-    return state_->drain(sink, max);
+    return st.drain(sink, max);
 }
 
-shm::RingCounters MsgStream::outbound_counters() const { return state_->outbound_counters(); }
-shm::RingCounters MsgStream::inbound_counters() const { return state_->inbound_counters(); }
+shm::RingCounters MsgStream::outbound_counters() const {
+    return state("MsgStream::outbound_counters").outbound_counters();
+}
+shm::RingCounters MsgStream::inbound_counters() const {
+    return state("MsgStream::inbound_counters").inbound_counters();
+}
 
 void MsgStream::close() {
     // Our cancellation cut the flush of our spill: raise it here, where the sender learns
     // that what it had sent is not all delivered (DESIGN.md §4.2).
-    if (state_->close_stream()) detail::throw_cancelled();
+    if (state("MsgStream::close").close_stream()) detail::throw_cancelled();
 }
 bool MsgStream::closed() const noexcept {
+    if (!state_) return true;  // a moved-from stream sends and receives nothing
     try {
         return state_->stream_closed();
     } catch (...) {
         return true;
     }
 }
-std::size_t MsgStream::max_message_bytes() const noexcept { return state_->max_message_bytes(); }
+std::size_t MsgStream::max_message_bytes() const noexcept {
+    return state_ ? state_->max_message_bytes() : 0;
+}
 
 MsgStream::iterator& MsgStream::iterator::operator++() {
     try {

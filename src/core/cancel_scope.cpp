@@ -142,7 +142,11 @@ void throw_cancelled() {
 
 void sleep_for(Duration d) {
     checkpoint();
-    const std::stop_token token = current_stop_token();
+    sleep_until_stopped(d, current_stop_token());
+    checkpoint();
+}
+
+void sleep_until_stopped(Duration d, const std::stop_token& token) {
     if (d <= Duration::zero()) return;
     // A private condition variable nobody notifies: the wait ends at the deadline or when the
     // token's stop-callback (registered by wait_until) notifies it.
@@ -158,8 +162,6 @@ void sleep_for(Duration d) {
         cv.wait_until(lock, token, now + std::chrono::duration_cast<Clock::duration>(d),
                       [] { return false; });
     }
-    lock.unlock();
-    checkpoint();
 }
 
 // ---------------------------------------------------------------------------------------------

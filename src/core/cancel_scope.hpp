@@ -236,6 +236,9 @@ inline void checkpoint() {
 /// Sleeps for `d`, waking early and throwing Cancelled when the innermost scope chain is
 /// cancelled (before or during the sleep). Outside every scope it is a plain sleep.
 void sleep_for(Duration d);
+/// Sleeps for `d` or until `token` fires, whichever comes first; checks nothing and throws
+/// nothing of its own. An infinite `d` needs a token that can fire.
+void sleep_until_stopped(Duration d, const std::stop_token& token);
 
 /// How a run_in_scope body left its scope.
 enum class ScopeExit : std::uint8_t {

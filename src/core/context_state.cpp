@@ -1460,7 +1460,7 @@ std::optional<Uid> ContextState::canceller() const {
 
 std::exception_ptr ContextState::remote_error() const {
     const Lock lock(mu_);
-    return remote_error_ ? remote_error_ : transport_error_;
+    return remote_error_;  // only what the peer sent (tractor's `_remote_error`)
 }
 
 std::exception_ptr ContextState::local_error() const {
@@ -1470,6 +1470,8 @@ std::exception_ptr ContextState::local_error() const {
 
 std::exception_ptr ContextState::maybe_error() const {
     const Lock lock(mu_);
+    // The error that ended the context (tractor's `maybe_error`): the peer's, else ours, else
+    // the link's loss.
     if (remote_error_) return remote_error_;  // always a RemoteActorError: remote wins
     if (local_error_) return local_error_;
     return transport_error_;

@@ -68,8 +68,13 @@ Link::Link(const shm::Names& names, const LinkSettings& settings, shm::PeerActor
       out_(create_control_ring(arena_, peer_wakes_)),
       encoder_(settings.max_control_record_bytes) {
     (void)SHMCTX_FAULT_POINT("link.before_open");  // kill matrix: arena made, no LinkOpen yet
-    // LinkOpen is the first record; the ring is empty, so it fits.
-    const auto open = encoder_.link_open(wire::UidRef{settings.self.name, settings.self.uuid});
+    // LinkOpen is the first record; the ring is empty, so it fits. The fault point makes it
+    // name the next protocol version (tests of the check in ActorCore::on_link_open, the one
+    // a peer with our segment and arena versions still meets).
+    const std::uint32_t protocol =
+        SHMCTX_FAULT_POINT("link.open_version") ? shm::kProtocolVersion + 1 : shm::kProtocolVersion;
+    const auto open = encoder_.link_open(wire::UidRef{settings.self.name, settings.self.uuid},
+                                         shm::kLayoutVersion, protocol);
     if (write_record(open, shm::Publish::now) != shm::WriteResult::ok) {
         throw ProtocolError("link to " + peer_uid_.to_string() + ": cannot write LinkOpen");
     }

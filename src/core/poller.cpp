@@ -21,6 +21,7 @@
 namespace shmctx {
 
 void Poller::add(MsgStream& stream) {
+    detail::ContextState& state = stream.state("Poller::add");  // not a moved-from stream
     if (std::find(streams_.begin(), streams_.end(), &stream) != streams_.end()) {
         throw InvalidOperation("Poller::add: the stream was already added");
     }
@@ -29,7 +30,7 @@ void Poller::add(MsgStream& stream) {
     if (stream.hub_.load(std::memory_order::acquire) != nullptr) {
         throw InvalidOperation("Poller::add: the stream has subscriptions (MsgStream::subscribe)");
     }
-    if (!streams_.empty() && &streams_.front()->state_->core() != &stream.state_->core()) {
+    if (!streams_.empty() && &streams_.front()->state_->core() != &state.core()) {
         throw InvalidOperation("Poller::add: all streams of a Poller must belong to one Actor");
     }
     streams_.push_back(&stream);
@@ -51,7 +52,12 @@ std::vector<MsgStream*> Poller::wait(Deadline deadline) {
         }
         return !ready.empty();
     };
-    if (collect() || streams_.empty()) return ready;
+    if (streams_.empty()) {
+        // Nothing could ever be ready: returning at once would spin a wait loop, sleeping until
+        // the deadline would hang one without a deadline.
+        throw InvalidOperation("Poller::wait with no stream added");
+    }
+    if (collect()) return ready;
     detail::ActorCore& core = streams_.front()->state_->core();
     const detail::BorrowedSlot slot(core.slots());
     shm::Waiter waiter(core.wake_table(), slot.index());

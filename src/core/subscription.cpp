@@ -261,7 +261,7 @@ RecvStatus SubscriptionHub::try_receive(std::uint64_t& next, std::uint64_t& lost
 // ---- MsgStream::subscribe ----
 
 Subscription MsgStream::subscribe(SubscribeOptions options) {
-    if (!state_) throw InvalidOperation("subscribe() on a moved-from MsgStream");
+    (void)state("MsgStream::subscribe");  // InvalidOperation on a moved-from stream
     if (options.capacity == 0) {
         throw std::invalid_argument("MsgStream::subscribe: capacity must be at least 1");
     }

@@ -290,13 +290,19 @@ LocalActorRecord::LocalActorRecord(LocalActorRecord&& other) noexcept
     : name_(std::move(other.name_)),
       uuid_(other.uuid_),
       file_(std::move(other.file_)),
-      segment_(std::move(other.segment_)) {
+      segment_(std::move(other.segment_)),
+      released_(other.released_) {
     other.file_.reset();
     other.segment_.reset();
 }
 
-LocalActorRecord::~LocalActorRecord() {
-    if (!file_) return;  // moved from
+LocalActorRecord::~LocalActorRecord() { release_name(); }
+
+void LocalActorRecord::release_name() noexcept {
+    if (!file_ || released_) return;  // moved from, or done
+    released_ = true;
+    // While we hold the lock the published name is ours; after release() it may be a new
+    // claimer's, hence the flag.
     if (segment_) Segment::remove(segment_->published_name());
     file_->release();
 }

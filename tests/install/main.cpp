@@ -3,9 +3,9 @@
 #include <shmctx/version.hpp>
 
 int main() {
-    std::printf("shmctx %.*s, layout %u, protocol %u: find_package works\n",
-                static_cast<int>(shmctx::library_version().size()),
-                shmctx::library_version().data(), shmctx::layout_version(),
-                shmctx::protocol_version());
-    return shmctx::layout_version() > 0 ? 0 : 1;
+    const shmctx::Version v = shmctx::version();
+    std::printf("shmctx %s (%u.%u.%u), layout %u, protocol %u: find_package works\n", v.text,
+                v.major, v.minor, v.patch, shmctx::layout_version(), shmctx::protocol_version());
+    const bool consistent = shmctx::library_version() == v.text && shmctx::layout_version() > 0;
+    return consistent ? 0 : 1;
 }

@@ -39,6 +39,7 @@
 #include "shmctx/context.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/payload.hpp"
+#include "shmctx/shm/fault.hpp"
 #include "shmctx/shm/layout.hpp"
 
 namespace shmctx {
@@ -246,6 +247,34 @@ TEST_F(ContextXproc, PeerOfAnotherLayoutVersionIsRefusedNamingBothVersions) {
             EXPECT_THAT(e.what(), HasSubstr("server"));
             EXPECT_THAT(e.what(), HasSubstr(std::to_string(shm::kLayoutVersion)));
             EXPECT_THAT(e.what(), HasSubstr(std::to_string(shm::kLayoutVersion + 1)));
+        }
+        EXPECT_LT(Clock::now() - start, kDeadline) << "refused only after the connect deadline";
+        EXPECT_EQ(parent.links(), 0U);
+    }
+    quit(node);
+}
+
+// The third version check (docs/semantics.md §14): a peer whose segment and arena carry our
+// versions but whose LinkOpen names the next protocol version is refused at link set-up
+// (on_link_open answers LinkClose{version_mismatch}); connect() raises that LayoutError, naming
+// both versions, at once rather than at its deadline.
+TEST_F(ContextXproc, LinkOpenOfAnotherProtocolVersionIsRefusedNamingBothVersions) {
+    ASSERT_TRUE(shm::fault_points_enabled()) << "this test needs -DSHMCTX_FAULT_POINTS=ON";
+    test::Child node = spawn_node("server", {"server"}, {"SHMCTX_FAULT=link.open_version=corrupt"});
+    ASSERT_TRUE(node.running());
+    {
+        Actor parent("parent", options());
+        const auto start = Clock::now();
+        try {
+            (void)parent.connect("server", kDeadline);
+            ADD_FAILURE() << "connect to a peer speaking another protocol version returned";
+        } catch (const LayoutError& e) {
+            RecordProperty("what", e.what());
+            EXPECT_THAT(e.what(), HasSubstr("server"));
+            EXPECT_THAT(e.what(),
+                        HasSubstr("protocol version " + std::to_string(shm::kProtocolVersion + 1) +
+                                  "; ours are " + std::to_string(shm::kLayoutVersion) + " and " +
+                                  std::to_string(shm::kProtocolVersion)));
         }
         EXPECT_LT(Clock::now() - start, kDeadline) << "refused only after the connect deadline";
         EXPECT_EQ(parent.links(), 0U);

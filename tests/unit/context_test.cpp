@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <latch>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -39,6 +40,7 @@
 #include <vector>
 
 #include "context_support.hpp"
+#include "error_as.hpp"
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/actor.hpp"
@@ -1250,6 +1252,114 @@ TEST_F(ContextTest, LateWaitForResultOnAnEndedContextLeavesTheNextContextsRingAl
         second = std::string(stream.receive().text());
     });
     EXPECT_EQ(second, "b2");
+}
+
+// remote_error() is only what the peer sent (tractor's `_remote_error`); the link's loss is
+// not one: maybe_error() reports it, and the state is errored (discrepancy 8). The body waits
+// on a latch (not a checkpoint), so the parent's shutdown fails the context under it.
+TEST_F(ContextTest, LinkLossIsMaybeErrorButNotRemoteError) {
+    auto parent = std::make_unique<Actor>("parent", options());
+    Actor child("child", options());
+    child.expose("hold", [](Context& ctx, const Payload&) {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        for (const auto& msg : stream) (void)msg;  // until the link goes
+        return Payload{};
+    });
+    Portal portal = parent->connect("child", kDeadline);
+    std::latch in_body(1);
+    std::latch shut_down(1);
+    std::optional<Context> handle;
+    std::exception_ptr remote;
+    std::exception_ptr maybe;
+    std::optional<State> state;
+    std::thread body_thread([&] {
+        try {
+            (void)portal.open_context("hold", {}, [&](Context& ctx, const Payload&) {
+                auto stream = ctx.open_stream();
+                handle.emplace(ctx.handle());
+                in_body.count_down();
+                shut_down.wait();
+                remote = ctx.remote_error();
+                maybe = ctx.maybe_error();
+                state = ctx.state();
+            });
+        } catch (...) {
+            // Whatever the exit raises (TransportClosed, or Cancelled by the shutdown).
+        }
+    });
+    in_body.wait();
+    parent.reset();
+    shut_down.count_down();
+    body_thread.join();
+    EXPECT_EQ(remote, nullptr) << test::describe_error(remote);
+    EXPECT_NE(test::error_as<TransportClosed>(maybe), nullptr) << test::describe_error(maybe);
+    EXPECT_EQ(state, State::errored);
+    ASSERT_TRUE(handle.has_value());
+    EXPECT_EQ(handle->remote_error(), nullptr) << test::describe_error(handle->remote_error());
+    EXPECT_NE(handle->maybe_error(), nullptr);
+    EXPECT_EQ(handle->outcome().error(), handle->maybe_error());
+}
+
+// ctx.sleep_for() wakes on ctx's cancel even on a thread inside another context (checkpoint()
+// checks ctx's scope too), and on that thread's own chain (discrepancy 14). No timing is
+// asserted: without the fix the sleep outlasts run()'s deadline (TimedOut).
+TEST_F(ContextTest, SleepForWakesOnItsContextsCancelAndOnTheCallersChain) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    std::mutex mu;
+    std::optional<Context> held;  // the child side of "hold"
+    const auto held_copy = [&]() -> std::optional<Context> {
+        const std::lock_guard lock(mu);
+        return held;
+    };
+    child.expose("hold", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        {
+            const std::lock_guard lock(mu);
+            held.emplace(ctx.handle());
+        }
+        test::until_cancelled(ctx, kBlockForever);
+        return Payload{};
+    });
+    // Sleeps on "hold"'s context from inside its own endpoint (another context's scope).
+    child.expose("nap", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        EXPECT_TRUE(test::wait_until([&] { return held_copy().has_value(); }, kDeadline));
+        std::optional<Context> other = held_copy();
+        try {
+            other->sleep_for(kBlockForever);
+            return Payload::value(std::string("slept"));
+        } catch (const Cancelled&) {
+            return Payload::value(std::string(ctx.cancelled() ? "woke: nap" : "woke: hold"));
+        }
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    std::jthread holder([&] {
+        try {
+            (void)portal.open_context(
+                "hold", {}, [](Context& ctx, const Payload&) { (void)ctx.wait_for_result(); });
+            ADD_FAILURE() << "hold returned";
+        } catch (const ContextCancelled& e) {
+            EXPECT_EQ(e.canceller(), e.src_uid()) << "cancelled by itself";
+        }
+    });
+    // 1. The caller's chain: nap's own context is cancelled while it sleeps on hold's.
+    auto r = portal.open_context("nap", {}, [&](Context& ctx, const Payload&) {
+        EXPECT_TRUE(test::wait_until([&] { return held_copy().has_value(); }, kDeadline));
+        ctx.cancel(kDeadline);
+    });
+    EXPECT_TRUE(r.outcome.is_absorbed_cancel() ||
+                (r.outcome.has_value() && r.outcome.value().value<std::string>() == "woke: nap"))
+        << test::describe_error(r.outcome.error());
+    // 2. The context's own cancel: hold cancels itself (child side) while nap sleeps on it.
+    std::jthread canceller([&] {
+        EXPECT_TRUE(test::wait_until([&] { return held_copy().has_value(); }, kDeadline));
+        held_copy()->cancel();
+    });
+    EXPECT_EQ(portal.run("nap", {}, kDeadline).value<std::string>(), "woke: hold");
+    canceller.join();
+    holder.join();
 }
 
 }  // namespace

@@ -150,5 +150,55 @@ TEST_F(PollerTest, WaitTimesOutEmptyAndIsCancellable) {
     EXPECT_EQ(child_saw.load(), 2);
 }
 
+// wait() with no stream raises InvalidOperation (it could only spin or hang; discrepancy 15),
+// also after the last stream was removed; add() refuses a subscribed stream and a moved-from
+// one (discrepancy 17), naming why.
+TEST_F(PollerTest, WaitWithoutStreamsAndAddOfUnusableStreamsAreInvalid) {
+    Poller empty;
+    try {
+        (void)empty.wait(kDeadline);
+        ADD_FAILURE() << "wait() with no stream returned";
+    } catch (const InvalidOperation& e) {
+        EXPECT_THAT(e.what(), ::testing::HasSubstr("Poller::wait with no stream added"));
+    }
+    Actor consumer("consumer", options());
+    Actor producer("producer", options());
+    producer.expose("idle", [](Context& ctx, const Payload&) {
+        ctx.started();
+        MsgStream s = ctx.open_stream();
+        for (const auto& msg : s) (void)msg;
+        return Payload{};
+    });
+    Portal portal = consumer.connect("producer", kDeadline);
+    for (int round = 0; round < 2; ++round) {
+        auto r = portal.open_context("idle", PayloadView{}, [&](Context& ctx, const Payload&) {
+            MsgStream s = ctx.open_stream();
+            Poller poller;
+            if (round == 0) {
+                Subscription sub = s.subscribe();
+                try {
+                    poller.add(s);
+                    ADD_FAILURE() << "a subscribed stream was added";
+                } catch (const InvalidOperation& e) {
+                    EXPECT_THAT(e.what(), ::testing::HasSubstr("has subscriptions"));
+                }
+                return;
+            }
+            MsgStream moved = std::move(s);
+            try {
+                poller.add(s);  // NOLINT(bugprone-use-after-move): the point of the test
+                ADD_FAILURE() << "a moved-from stream was added";
+            } catch (const InvalidOperation& e) {
+                EXPECT_THAT(e.what(), ::testing::HasSubstr("Poller::add on a moved-from"));
+            }
+            poller.add(moved);
+            EXPECT_TRUE(poller.wait(1ms).empty());
+            EXPECT_TRUE(poller.remove(moved));
+            EXPECT_THROW((void)poller.wait(kDeadline), InvalidOperation);
+        });
+        r.outcome.rethrow_if_error();
+    }
+}
+
 }  // namespace
 }  // namespace shmctx

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -283,6 +284,52 @@ TEST_F(Security, MessageAsRefusesAnotherFileIdentifier) {
     EXPECT_THAT(report, HasSubstr("forged.tick=DecodeError(")) << report;
     EXPECT_THAT(report, HasSubstr("expected 'TICK', found 'XXXX'")) << report;
     EXPECT_THAT(report, HasSubstr("text.tick=DecodeError(")) << report;
+}
+
+// Message::as<T>() accepts the kinds Payload::as<T>() accepts (flatbuffer and bytes): a Tick
+// built in place with send_with's default kind (bytes) decodes from the message as from its
+// copy, a forged identifier is refused by both, and a text message by both (discrepancy 4).
+TEST_F(Security, MessageAsAcceptsTheKindsPayloadAsAccepts) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    child.expose("check", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        std::string report;
+        const auto outcome = [&](auto&& decode) {
+            try {
+                return decode() == 7 ? std::string("ok") : std::string("wrong seq");
+            } catch (const DecodeError&) {
+                return std::string("DecodeError");
+            }
+        };
+        for (const char* name : {"in_place", "forged", "text"}) {
+            const Message m = stream.receive();
+            report += std::string(name) + ".kind=" + std::string(to_string(m.kind()));
+            report += " message=" + outcome([&] { return m.as<test::fb::Tick>()->seq(); });
+            const Payload copy = m.to_payload();
+            report += " payload=" + outcome([&] { return copy.as<test::fb::Tick>()->seq(); });
+            report += "\n";
+        }
+        return Payload::value(report);
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    auto r = portal.open_context("check", {}, [&](Context& ctx, const Payload&) {
+        auto stream = ctx.open_stream();
+        for (const char* identifier : {test::fb::TickIdentifier(), "XXXX"}) {
+            const auto fbb = tick(7, identifier);
+            stream.send_with(fbb.GetSize(), [&](std::span<std::byte> out) {
+                std::memcpy(out.data(), fbb.GetBufferPointer(), fbb.GetSize());
+                return fbb.GetSize();
+            });
+        }
+        stream.send("not a flatbuffer");
+    });
+    ASSERT_TRUE(r.outcome.has_value());
+    EXPECT_EQ(r.outcome.value().value<std::string>(),
+              "in_place.kind=bytes message=ok payload=ok\n"
+              "forged.kind=bytes message=DecodeError payload=DecodeError\n"
+              "text.kind=string message=DecodeError payload=DecodeError\n");
 }
 
 }  // namespace

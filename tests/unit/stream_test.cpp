@@ -1434,5 +1434,64 @@ TEST_F(StreamTest, MixedSizeFlatBuffersTablesSurviveTheSpill) {
     EXPECT_GT(spilled, 0U) << "nothing spilled: the test did not exercise the spill";
 }
 
+// A moved-from MsgStream raises InvalidOperation naming the member from every call that can
+// raise, and its noexcept calls return what a dead stream would (peer_error, closed, 0); the
+// stream it moved into works (discrepancy 17).
+TEST_F(StreamTest, MovedFromStreamRaisesInvalidOperationFromEveryMember) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    child.expose("echo", [](Context& ctx, const Payload&) {
+        ctx.started();
+        MsgStream s = ctx.open_stream();
+        for (const auto& msg : s) s.send(msg.view());
+        return Payload{};
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    auto r = portal.open_context("echo", {}, [&](Context& ctx, const Payload&) {
+        MsgStream from = ctx.open_stream();
+        MsgStream to = std::move(from);
+        MsgStream& s = from;  // NOLINT(bugprone-use-after-move): the point of the test
+        const auto raises = [](const char* member, auto&& call) {
+            try {
+                call();
+                ADD_FAILURE() << member << " did not raise";
+            } catch (const InvalidOperation& e) {
+                EXPECT_THAT(e.what(), ::testing::HasSubstr(std::string(member) +
+                                                           " on a moved-from MsgStream"));
+            }
+        };
+        const std::byte byte{1};
+        const auto fill = [&](std::span<std::byte> out) {
+            out[0] = byte;
+            return std::size_t{1};
+        };
+        raises("MsgStream::send", [&] { s.send("x"); });
+        raises("MsgStream::send_with", [&] { s.send_with(1, fill); });
+        raises("MsgStream::receive", [&] { (void)s.receive(); });
+        raises("MsgStream::receive_for", [&] { (void)s.receive_for(1ms); });
+        raises("MsgStream::drain", [&] { (void)s.drain([](const Message&) {}, 1); });
+        raises("MsgStream::receive", [&] {
+            for (const auto& msg : s) (void)msg;
+        });
+        raises("MsgStream::outbound_counters", [&] { (void)s.outbound_counters(); });
+        raises("MsgStream::inbound_counters", [&] { (void)s.inbound_counters(); });
+        raises("MsgStream::close", [&] { s.close(); });
+        raises("MsgStream::subscribe", [&] { (void)s.subscribe(); });
+        EXPECT_EQ(s.try_send("x"), SendStatus::peer_error);
+        EXPECT_EQ(s.try_send_with(1, fill), SendStatus::peer_error);
+        Message m;
+        EXPECT_EQ(s.try_receive(m), RecvStatus::peer_error);
+        EXPECT_TRUE(s.closed());
+        EXPECT_EQ(s.max_message_bytes(), 0U);
+        // The stream it moved into carries on; assigning to the moved-from one revives it.
+        to.send("ping");
+        EXPECT_EQ(to.receive().text(), "ping");
+        from = std::move(to);
+        from.send("pong");
+        EXPECT_EQ(from.receive().text(), "pong");
+    });
+    r.outcome.rethrow_if_error();
+}
+
 }  // namespace
 }  // namespace shmctx

@@ -91,7 +91,8 @@ struct LocalActorOptions {
 /// An actor taking part: its name claimed, its segment published. Construction: claim the
 /// actor file -> remove whatever a dead predecessor left under the name (we hold the lock, so
 /// it is stale) -> build and publish the segment. Destruction (orderly): unlink the segment,
-/// then the actor file, then drop the lock.
+/// then the actor file, then drop the lock. release_name() does the same earlier and keeps the
+/// segment mapped, for threads that may still touch it (an actor's surviving handles).
 class LocalActorRecord {
 public:
     LocalActorRecord(const Names& names, std::string_view name, LocalActorOptions options = {});
@@ -99,6 +100,11 @@ public:
     LocalActorRecord(LocalActorRecord&& other) noexcept;
     LocalActorRecord& operator=(LocalActorRecord&&) noexcept = delete;
     ~LocalActorRecord();
+
+    /// Unlinks the segment and the actor file and drops the name lock (a new actor may claim
+    /// the name at once); the mapping stays until destruction. Idempotent. Not concurrent with
+    /// the destructor.
+    void release_name() noexcept;
 
     const Uuid& uuid() const noexcept { return uuid_; }
     const std::string& name() const noexcept { return name_; }
@@ -111,6 +117,7 @@ private:
     Uuid uuid_;
     std::optional<ActorFile> file_;
     std::optional<ActorSegment> segment_;
+    bool released_ = false;  // release_name() ran: the names may be another actor's now
 };
 
 /// A live peer, verified on kernel evidence at open time.
