@@ -72,7 +72,8 @@ struct CancelOptions {
 struct Options {
     std::vector<std::size_t> sizes{8, 64, 1024, 16384, 65536};  ///< throughput message sizes
     std::vector<std::size_t> rtt_sizes{64};                     ///< round-trip message sizes
-    std::vector<std::string> transports;                        ///< empty: all (see transports())
+    std::vector<std::string> transports;  ///< empty: every non-peer one (see transports())
+    bool peers = false;                   ///< with an empty `transports`: the peers too
     std::vector<Mode> modes{Mode::spin, Mode::block};
     std::vector<Test> tests{Test::throughput, Test::roundtrip, Test::idle};
     std::chrono::milliseconds duration{200};  ///< per run
@@ -115,6 +116,9 @@ std::string usage(Program program = Program::harness);
 struct TransportInfo {
     std::string_view name;
     std::string_view description;
+    /// Another IPC library or a kernel primitive measured for comparison (issue #11): run only
+    /// when named in --transports or with --peers.
+    bool peer = false;
 };
 /// Every transport the harness knows, in default order.
 std::span<const TransportInfo> transports();

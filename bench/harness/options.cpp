@@ -74,7 +74,10 @@ std::string usage(Program program) {
          "  --rtt-sizes LIST    round-trip message sizes (default 64)\n"
       << (perf ? "  --transports LIST   transports to run (default shmctx,minimal,mq,uds; see "
                  "--list)\n"
-               : "  --transports LIST   transports to run (default all; see --list)\n")
+               : "  --transports LIST   transports to run (default all but the peers; see "
+                 "--list)\n")
+      << (perf ? ""
+               : "  --peers             also the peers compiled in (pipe, ZeroMQ, nng, iceoryx)\n")
       << "  --modes LIST        spin,block (default both)\n"
       << (perf ? "  --tests LIST        throughput,roundtrip,fixed-rate,spill,cancel,idle (default "
                  "all but idle)\n"
@@ -159,6 +162,8 @@ Options parse_options(std::span<const std::string_view> args, Program program) {
             o.help = true;
         } else if (k == "--list") {
             o.list = true;
+        } else if (k == "--peers") {
+            o.peers = true;
         } else if (k == "--sizes") {
             o.sizes = parse_sizes(k, value());
         } else if (k == "--rtt-sizes") {

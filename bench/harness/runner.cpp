@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -27,6 +28,7 @@
 #include "message.hpp"
 #include "minimal_ring.hpp"
 #include "mq_transport.hpp"
+#include "pipe_transport.hpp"
 #include "process.hpp"
 #include "shmctx/shm/names.hpp"
 #include "shmctx_fb_codec.hpp"
@@ -34,6 +36,15 @@
 #include "spill.hpp"
 #include "transport.hpp"
 #include "uds_transport.hpp"
+#ifdef SHMCTX_BENCH_HAVE_ZMQ
+#include "zmq_transport.hpp"
+#endif
+#ifdef SHMCTX_BENCH_HAVE_NNG
+#include "nng_transport.hpp"
+#endif
+#ifdef SHMCTX_BENCH_HAVE_ICEORYX
+#include "iceoryx_transport.hpp"
+#endif
 
 #ifndef SHMCTX_BENCH_BUILD_TYPE
 #define SHMCTX_BENCH_BUILD_TYPE "unknown"
@@ -453,42 +464,68 @@ struct Entry {
     TransportInfo info;
     bool batched_producer;
     bool batched_consumer;
-    double (*throughput)(const RunContext&);
+    double (*throughput)(const RunContext&);  ///< nullptr: no one-way stream (REQ/REP)
     RoundTripRun (*roundtrip)(const RunContext&);
     double (*idle)(const RunContext&);
     std::pair<FixedRateRun, std::vector<std::uint32_t>> (*fixed_rate)(const RunContext&);
     int (*peer)(std::string_view, const ChannelSpec&);
 };
 
+/// What a transport can run.
+enum class Runs : std::uint8_t { all, no_throughput };
+
 template <Transport T>
-constexpr Entry entry(std::string_view name, std::string_view what, bool batch_tx, bool batch_rx) {
-    return {{name, what},      batch_tx,     batch_rx,           &run_throughput<T>,
-            &run_roundtrip<T>, &run_idle<T>, &run_fixed_rate<T>, &run_peer<T>};
+constexpr Entry entry(TransportInfo info, bool batch_tx, bool batch_rx, Runs runs = Runs::all) {
+    return {info,
+            batch_tx,
+            batch_rx,
+            runs == Runs::all ? &run_throughput<T> : nullptr,
+            &run_roundtrip<T>,
+            &run_idle<T>,
+            &run_fixed_rate<T>,
+            &run_peer<T>};
 }
 
+// Peers (TransportInfo::peer) run only when asked for: by name or with --peers.
 constexpr Entry kEntries[] = {
-    entry<ShmctxRing>("shmctx", "shmctx ring: try_write (publish each) + try_read/release", false,
+    entry<ShmctxRing>({"shmctx", "shmctx ring: try_write (publish each) + try_read/release"}, false,
                       false),
-    entry<ShmctxRing>("shmctx-drain", "shmctx ring: try_write (publish each) + drain(batch)", false,
-                      true),
-    entry<ShmctxRing>("shmctx-batch", "shmctx ring: deferred publish per batch + drain(batch)",
+    entry<ShmctxRing>({"shmctx-drain", "shmctx ring: try_write (publish each) + drain(batch)"},
+                      false, true),
+    entry<ShmctxRing>({"shmctx-batch", "shmctx ring: deferred publish per batch + drain(batch)"},
                       true, true),
-    entry<ShmctxRingFb>("shmctx-fb",
-                        "shmctx ring, FlatBuffers payload (build, write, verify) + drain(batch)",
-                        false, true),
-    entry<MinimalRing>("minimal", "minimal fixed-slot SPSC ring, publish per message", false,
+    entry<ShmctxRingFb>(
+        {"shmctx-fb", "shmctx ring, FlatBuffers payload (build, write, verify) + drain(batch)"},
+        false, true),
+    entry<MinimalRing>({"minimal", "minimal fixed-slot SPSC ring, publish per message"}, false,
                        false),
-    entry<MinimalRing>("minimal-batch", "minimal fixed-slot SPSC ring, publish per batch", true,
+    entry<MinimalRing>({"minimal-batch", "minimal fixed-slot SPSC ring, publish per batch"}, true,
                        true),
-    entry<BoostMessageQueue>("mq", "Boost.Interprocess message_queue", false, false),
-    entry<UnixSocket>("uds", "Unix domain socket (socketpair, SOCK_SEQPACKET)", false, false),
+    entry<BoostMessageQueue>({"mq", "Boost.Interprocess message_queue"}, false, false),
+    entry<UnixSocket>({"uds", "Unix domain socket (socketpair, SOCK_SEQPACKET)"}, false, false),
+    entry<PipeTransport>({"pipe", "pipe (a FIFO per direction), read/write", true}, false, true),
+#ifdef SHMCTX_BENCH_HAVE_ZMQ
+    entry<ZmqPushPull>({"zmq", "ZeroMQ ipc:// PUSH/PULL, a socket pair per direction", true}, false,
+                       false),
+    entry<ZmqReqRep>({"zmq-reqrep", "ZeroMQ ipc:// REQ/REP (round trip and idle only)", true},
+                     false, false, Runs::no_throughput),
+#endif
+#ifdef SHMCTX_BENCH_HAVE_NNG
+    entry<NngPushPull>({"nng", "nng ipc:// PUSH/PULL, a socket pair per direction", true}, false,
+                       false),
+#endif
+#ifdef SHMCTX_BENCH_HAVE_ICEORYX
+    entry<IceoryxTransport>(
+        {"iceoryx", "iceoryx 2.0 publish/subscribe (RouDi started by the harness), copy in", true},
+        false, true),
+#endif
 };
 
-const TransportInfo kInfos[] = {
-    kEntries[0].info, kEntries[1].info, kEntries[2].info, kEntries[3].info,
-    kEntries[4].info, kEntries[5].info, kEntries[6].info, kEntries[7].info,
-};
-static_assert(std::size(kInfos) == std::size(kEntries));
+template <std::size_t... I>
+constexpr std::array<TransportInfo, sizeof...(I)> infos_of(std::index_sequence<I...>) {
+    return {kEntries[I].info...};
+}
+constexpr auto kInfos = infos_of(std::make_index_sequence<std::size(kEntries)>{});
 
 const Entry& find_entry(std::string_view name) {
     for (const Entry& e : kEntries)
@@ -567,7 +604,8 @@ Stat summarize(std::vector<double> values) {
 Report run(const Options& options, std::ostream& progress) {
     std::vector<const Entry*> selected;
     if (options.transports.empty()) {
-        for (const Entry& e : kEntries) selected.push_back(&e);
+        for (const Entry& e : kEntries)
+            if (!e.info.peer || options.peers) selected.push_back(&e);
     } else {
         for (const auto& name : options.transports) selected.push_back(&find_entry(name));
     }
@@ -630,17 +668,21 @@ Report run(const Options& options, std::ostream& progress) {
                 batch.c2c = measure_cacheline_rtt(names.prefix() + "r" + std::to_string(counter++),
                                                   report.placement, options.c2c_round_trips);
                 batch.memcpy = measure_memcpy(64 * 1024, options.ring_bytes, 5, 4);
+                // A transport without a one-way stream (REQ/REP) sits out throughput batches.
+                std::vector<const Entry*> in_batch;
                 for (const Entry* e : selected)
+                    if (test != Test::throughput || e->throughput != nullptr) in_batch.push_back(e);
+                for (const Entry* e : in_batch)
                     batch.cells.push_back({std::string(e->info.name), {}, {}, {}, {}});
                 for (int r = 0; r < options.runs; ++r) {
-                    for (std::size_t i = 0; i < selected.size(); ++i) {
+                    for (std::size_t i = 0; i < in_batch.size(); ++i) {
                         check_stop();
-                        const RunContext rc = make_context(*selected[i], size, mode);
+                        const RunContext rc = make_context(*in_batch[i], size, mode);
                         try {
                             if (test == Test::throughput) {
-                                batch.cells[i].msgs_per_s.push_back(selected[i]->throughput(rc));
+                                batch.cells[i].msgs_per_s.push_back(in_batch[i]->throughput(rc));
                             } else {
-                                batch.cells[i].rtt.push_back(selected[i]->roundtrip(rc));
+                                batch.cells[i].rtt.push_back(in_batch[i]->roundtrip(rc));
                             }
                         } catch (const std::exception& e) {
                             throw std::runtime_error(
