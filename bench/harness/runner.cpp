@@ -34,6 +34,7 @@
 #include "shmctx_fb_codec.hpp"
 #include "shmctx_transport.hpp"
 #include "spill.hpp"
+#include "stream_transport.hpp"
 #include "transport.hpp"
 #include "uds_transport.hpp"
 #ifdef SHMCTX_BENCH_HAVE_ZMQ
@@ -496,6 +497,11 @@ constexpr Entry kEntries[] = {
                       true, true),
     entry<ShmctxRingFb>(
         {"shmctx-fb", "shmctx ring, FlatBuffers payload (build, write, verify) + drain(batch)"},
+        false, true),
+    entry<ShmctxStreamReceive>(
+        {"shmctx-stream", "shmctx MsgStream (actors, a context): send + receive"}, false, false),
+    entry<ShmctxStreamDrain>(
+        {"shmctx-stream-drain", "shmctx MsgStream (actors, a context): send + drain(batch)"},
         false, true),
     entry<MinimalRing>({"minimal", "minimal fixed-slot SPSC ring, publish per message"}, false,
                        false),

@@ -1,0 +1,100 @@
+// shmctx's public stream API as a harness transport (issue #11: "plain stream and drain"), next to
+// the raw ring (shmctx_transport.hpp): what an application gets, with the actor runtime around it.
+//
+//   shmctx-stream        MsgStream::send + MsgStream::receive
+//   shmctx-stream-drain  MsgStream::send + MsgStream::drain(batch)
+//
+// Per run, each process is an Actor in the harness's namespace ("bp-<run>" in the parent,
+// "bq-<run>" in the peer). The peer exposes "bench"; the parent connects and opens the context
+// on a thread of its own the first time it asks for a sender or receiver (after the peer said
+// "ready"). Each side's context body opens the stream (inbound ring of the run's ring_bytes,
+// capacity ring_bytes / message size, on_full = block: backpressure like every other transport,
+// never StreamOverrun), hands it to the harness's thread and waits, cancellably, until the Link
+// is destroyed; the stream is used from that thread meanwhile (a MsgStream belongs to one thread
+// at a time, and only that thread touches it).
+//
+// Modes set ActorOptions::spin_before_sleep: spin never sleeps (one hour), block uses the
+// library's default (50 us of watching, then a futex).
+//
+// Thread-safety: one Sender and one Receiver per side, both on the harness's thread.
+#pragma once
+
+#include <memory>
+#include <string_view>
+
+#include "shmctx/context.hpp"
+#include "transport.hpp"
+
+namespace shmctx::bench {
+
+enum class StreamRead : std::uint8_t { receive, drain };
+
+/// The actors, the context thread and the hand-over of the stream (stream_transport.cpp).
+struct StreamRun;
+
+/// Waits (bounded by the run guard) until the context body handed over its stream.
+MsgStream& stream_of(StreamRun& run, const RunGuard& guard);
+
+template <StreamRead R>
+struct ShmctxStream {
+    static constexpr std::string_view kName =
+        R == StreamRead::receive ? "shmctx-stream" : "shmctx-stream-drain";
+
+    class Sender {
+    public:
+        Sender(StreamRun* run, const ChannelSpec& spec) : run_(run), guard_(RunGuard::of(spec)) {}
+        void send(const std::byte* p, std::size_t n) {
+            stream_of(*run_, guard_).send(PayloadView(std::span<const std::byte>(p, n)));
+        }
+        void flush() {}
+
+    private:
+        StreamRun* run_;
+        RunGuard guard_;
+    };
+
+    class Receiver {
+    public:
+        Receiver(StreamRun* run, const ChannelSpec& spec)
+            : run_(run), batch_(spec.read_batch), guard_(RunGuard::of(spec)) {}
+        template <class F>
+        void receive(F&& on_message) {
+            MsgStream& s = stream_of(*run_, guard_);
+            if constexpr (R == StreamRead::receive) {
+                const Message m = s.receive();
+                on_message(m.bytes().data(), m.bytes().size());
+            } else {
+                (void)s.drain(
+                    [&](const Message& m) { on_message(m.bytes().data(), m.bytes().size()); },
+                    batch_);
+            }
+        }
+
+    private:
+        StreamRun* run_;
+        std::size_t batch_;
+        RunGuard guard_;
+    };
+
+    class Link {
+    public:
+        static Link create(const ChannelSpec& spec);
+        static Link open(const ChannelSpec& spec);
+        Link(Link&&) noexcept;
+        Link& operator=(Link&&) = delete;
+        ~Link();
+        int peer_fd() const noexcept { return -1; }
+        Sender sender(Dir) { return Sender(run_.get(), spec_); }
+        Receiver receiver(Dir) { return Receiver(run_.get(), spec_); }
+
+    private:
+        explicit Link(const ChannelSpec& spec);
+        ChannelSpec spec_;
+        std::unique_ptr<StreamRun> run_;
+    };
+};
+
+using ShmctxStreamReceive = ShmctxStream<StreamRead::receive>;
+using ShmctxStreamDrain = ShmctxStream<StreamRead::drain>;
+
+}  // namespace shmctx::bench
