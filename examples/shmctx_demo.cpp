@@ -925,6 +925,8 @@ bool Demo::run() {
                 fmt(": a market-data feed, a fast and a slow consumer, each its own process, "
                     "under a supervisor (namespace %s, %u CPUs)",
                     ns_.c_str(), std::thread::hardware_concurrency()));
+    screen_.raw(fmt("  watch it from another terminal: shmctx ls --ns %s  (or shmctx stat --ns %s)",
+                    ns_.c_str(), ns_.c_str()));
     {
         shmctx::ActorOptions options;
         options.ns = ns_;
