@@ -151,7 +151,7 @@ void print_fixed_rate(const Batch& b, std::ostream& out) {
     char line[256];
     out << "  latency from each message's intended send time (coordinated-omission corrected), "
            "medians over runs\n";
-    std::snprintf(line, sizeof line, "  %-14s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
+    std::snprintf(line, sizeof line, "  %-19s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
                   "transport", "p50", "p90", "p99", "p99.9", "p99.99", "max", "raw p99.9",
                   "raw max", "late", "achieved");
     out << line;
@@ -168,7 +168,7 @@ void print_fixed_rate(const Batch& b, std::ostream& out) {
         const std::string achieved =
             cat(si(stat_of_fixed(c.fixed, [](const FixedRateRun& x) { return x.achieved; }).median),
                 "/s");
-        std::snprintf(line, sizeof line, "  %-14s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
+        std::snprintf(line, sizeof line, "  %-19s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
                       c.transport.c_str(),
                       med([](const FixedRateRun& x) { return x.corrected.p50; }).c_str(),
                       med([](const FixedRateRun& x) { return x.corrected.p90; }).c_str(),
@@ -302,6 +302,49 @@ std::vector<TargetCheck> check_targets(const Report& r) {
     for (const IdleResult& i : r.idle)
         if (i.transport == "shmctx")
             add("idle CPU % of a blocked shmctx consumer", i.cpu_percent, 1.0, false);
+
+    // The peers (issue #11): throughput of the raw ring read with drain and, for information,
+    // of the public stream API, against each peer of the same batch.
+    for (const auto& [variant, info] : {std::pair<std::string_view, bool>{"shmctx-drain", false},
+                                        {"shmctx-stream-drain", true}}) {
+        const Cell* ours = find_cell(r, Test::throughput, Mode::spin, 64, variant);
+        for (const auto& [peer, target] :
+             {std::pair<std::string_view, double>{"zmq", 10.0}, {"iceoryx", 20.0}}) {
+            const Cell* other = find_cell(r, Test::throughput, Mode::spin, 64, peer);
+            if (ours != nullptr && other != nullptr && median_rate(*other) > 0)
+                add(cat("throughput 64 B spin: ", variant, " / ", peer, info ? " (info)" : ""),
+                    median_rate(*ours) / median_rate(*other), target, true);
+        }
+    }
+    const Cell* rtt_ice = find_cell(r, Test::roundtrip, Mode::spin, 64, "iceoryx");
+    if (rtt != nullptr && rtt_ice != nullptr && median_p50(*rtt_ice) > 0)
+        add("round trip p50 64 B spin: shmctx / iceoryx", median_p50(*rtt) / median_p50(*rtt_ice),
+            0.25, false);
+    // Tail of the spin round trip (meaningful on a quiet run only).
+    if (rtt != nullptr && median_p50(*rtt) > 0)
+        add("round trip p99 / p50 64 B spin: shmctx (quiet run)",
+            stat_of(rtt->rtt, [](const RoundTripRun& x) { return x.p99; }).median /
+                median_p50(*rtt),
+            3.0, false);
+    // Fixed rate: p99.9 (corrected) at 1M msg/s against that at 10k msg/s, spin.
+    auto fixed_p999 = [&](double rate) -> double {
+        for (const Batch& b : r.batches) {
+            if (b.test != Test::fixed_rate || b.mode != Mode::spin || b.rate != rate) continue;
+            for (const Cell& c : b.cells)
+                if (c.transport == "shmctx")
+                    return stat_of_fixed(c.fixed,
+                                         [](const FixedRateRun& x) { return x.corrected.p999; })
+                        .median;
+        }
+        return std::numeric_limits<double>::quiet_NaN();
+    };
+    if (fixed_p999(10'000) > 0)
+        add("fixed rate p99.9 spin: shmctx 1M/s / 10k/s",
+            fixed_p999(1'000'000) / fixed_p999(10'000), 2.0, false);
+    // Spill: send() while spilling (ns), and nothing lost.
+    if (r.spill && r.spill->send_spilling.samples > 0)
+        add("spill: try_send p99.9 while spilling, us", r.spill->send_spilling.p999 / 1000.0, 5.0,
+            false);
     return out;
 }
 
@@ -338,26 +381,26 @@ void print_table(const Report& r, std::ostream& out) {
         if (b.test == Test::fixed_rate) {
             print_fixed_rate(b, out);
         } else if (b.test == Test::throughput) {
-            std::snprintf(line, sizeof line, "  %-14s %10s %21s %10s\n", "transport", "msg/s",
+            std::snprintf(line, sizeof line, "  %-19s %10s %21s %10s\n", "transport", "msg/s",
                           "(min - max)", "MB/s");
             out << line;
             for (const Cell& c : b.cells) {
                 const Stat s = summarize(c.msgs_per_s);
                 const std::string range = cat("(", si(s.min), " - ", si(s.max), ")");
-                std::snprintf(line, sizeof line, "  %-14s %10s %21s %10.0f\n", c.transport.c_str(),
+                std::snprintf(line, sizeof line, "  %-19s %10s %21s %10.0f\n", c.transport.c_str(),
                               si(s.median).c_str(), range.c_str(),
                               s.median * static_cast<double>(b.size) / 1e6);
                 out << line;
             }
         } else {
-            std::snprintf(line, sizeof line, "  %-14s %9s %9s %9s %9s %9s %21s\n", "transport",
+            std::snprintf(line, sizeof line, "  %-19s %9s %9s %9s %9s %9s %21s\n", "transport",
                           "p50", "p90", "p99", "p99.9", "max", "p50 (min - max)");
             out << line;
             for (const Cell& c : b.cells) {
                 const Stat p50 = stat_of(c.rtt, [](const RoundTripRun& x) { return x.p50; });
                 const std::string range = cat("(", dur(p50.min), " - ", dur(p50.max), ")");
                 std::snprintf(
-                    line, sizeof line, "  %-14s %9s %9s %9s %9s %9s %21s\n", c.transport.c_str(),
+                    line, sizeof line, "  %-19s %9s %9s %9s %9s %9s %21s\n", c.transport.c_str(),
                     dur(p50.median).c_str(),
                     dur(stat_of(c.rtt, [](const RoundTripRun& x) { return x.p90; }).median).c_str(),
                     dur(stat_of(c.rtt, [](const RoundTripRun& x) { return x.p99; }).median).c_str(),
@@ -374,7 +417,7 @@ void print_table(const Report& r, std::ostream& out) {
             << r.options.idle_window.count() << " ms window, getrusage)\n";
         for (const IdleResult& i : r.idle) {
             char line[128];
-            std::snprintf(line, sizeof line, "  %-14s %8.3f %%\n", i.transport.c_str(),
+            std::snprintf(line, sizeof line, "  %-19s %8.3f %%\n", i.transport.c_str(),
                           i.cpu_percent);
             out << line;
         }
@@ -386,7 +429,7 @@ void print_table(const Report& r, std::ostream& out) {
         out << "\nDESIGN.md §8 targets (ratios of medians within one batch)\n";
         for (const TargetCheck& t : targets) {
             char line[256];
-            std::snprintf(line, sizeof line, "  %-58s %8.3f  %s %-5g %s\n", t.what.c_str(), t.value,
+            std::snprintf(line, sizeof line, "  %-62s %8.3f  %s %-5g %s\n", t.what.c_str(), t.value,
                           t.at_least ? ">=" : "<=", t.target, t.met ? "met" : "MISSED");
             out << line;
         }
