@@ -501,8 +501,8 @@ constexpr Entry kEntries[] = {
     entry<ShmctxStreamReceive>(
         {"shmctx-stream", "shmctx MsgStream (actors, a context): send + receive"}, false, false),
     entry<ShmctxStreamDrain>(
-        {"shmctx-stream-drain", "shmctx MsgStream (actors, a context): send + drain(batch)"},
-        false, true),
+        {"shmctx-stream-drain", "shmctx MsgStream (actors, a context): send + drain(batch)"}, false,
+        true),
     entry<MinimalRing>({"minimal", "minimal fixed-slot SPSC ring, publish per message"}, false,
                        false),
     entry<MinimalRing>({"minimal-batch", "minimal fixed-slot SPSC ring, publish per batch"}, true,
