@@ -111,6 +111,7 @@ EndpointPoolOptions pool_options(const ActorOptions& o, ActorCore* core) {
     p.idle_timeout = o.endpoint_idle_timeout;
     p.spin_before_sleep = o.spin_before_sleep;
     p.name = "shmctx-endpoint";
+    p.on_error = [core](std::exception_ptr e) { core->report_exception("endpoint pool", e); };
     return p;
 }
 
@@ -121,9 +122,12 @@ ActorCore::ActorCore(std::string name, ActorOptions options)
       names_(options_.ns),
       record_(names_, name, record_options(options_)),
       uid_{std::move(name), record_.uuid()},
+      counters_(record_.segment().counters()),
+      errors_(record_.segment().error_log()),
       wake_table_(record_.segment().wake_table()),
       slots_(wake_table_.capacity()),
-      canceller_({}, "shmctx-cancel"),
+      canceller_([this](std::exception_ptr e) { report_exception("canceller task threw", e); },
+                 "shmctx-cancel"),
       pool_(pool_options(options_, this)) {
     const auto doorbell = slots_.allocate();
     if (!doorbell || *doorbell != 0) {
@@ -311,7 +315,32 @@ std::size_t ActorCore::link_count() const {
     return n;
 }
 
-void ActorCore::wake_control_loop() noexcept { shm::ring(*wake_table_.slot(doorbell_)); }
+void ActorCore::wake_control_loop() noexcept {
+    counters_.add(shm::ActorCounter::control_loop_wakes);
+    shm::ring(*wake_table_.slot(doorbell_));
+}
+
+void ActorCore::report_error(std::string_view text) noexcept {
+    try {
+        std::fprintf(stderr, "shmctx: %s: %.*s\n", uid_.to_string().c_str(),
+                     static_cast<int>(text.size()), text.data());
+    } catch (...) {
+        // bad_alloc formatting our uid: the line without it.
+        std::fprintf(stderr, "shmctx: %.*s\n", static_cast<int>(text.size()), text.data());
+    }
+    errors_.report(text);
+    counters_.add(shm::ActorCounter::errors_reported);
+}
+
+void ActorCore::report_exception(const char* where, std::exception_ptr error) noexcept {
+    report_to_stderr(where, error);
+    try {
+        errors_.report(std::string(where) + ": " + describe_exception(error));
+    } catch (...) {
+        // bad_alloc composing the text: the stderr line above stands.
+    }
+    counters_.add(shm::ActorCounter::errors_reported);
+}
 
 void ActorCore::post(std::function<void()> fn) {
     {
@@ -331,6 +360,7 @@ std::shared_ptr<Link> ActorCore::make_link(shm::PeerActor peer, Uid peer_uid) {
     settings.max_control_record_bytes = options_.max_control_record_bytes;
     auto link = std::make_shared<Link>(names_, settings, std::move(peer), std::move(peer_uid));
     link->set_on_outbox([this] { wake_control_loop(); });
+    link->set_counters(&counters_);
     {
         const std::lock_guard lock(mu_);
         if (const auto it = gone_.find(link->peer().uuid); it != gone_.end()) {
@@ -439,8 +469,8 @@ void ActorCore::scan_links() {
             try {
                 (void)make_link(std::move(*peer), Uid{name, owner});
             } catch (const Error& e) {
-                std::fprintf(stderr, "shmctx: %s: cannot link to %s: %s\n",
-                             uid_.to_string().c_str(), name.c_str(), e.what());
+                counters_.add(shm::ActorCounter::link_refused);
+                report_error("cannot link to " + name + ": " + e.what());
             }
             break;
         }
@@ -450,6 +480,9 @@ void ActorCore::scan_links() {
 void ActorCore::link_lost(const std::shared_ptr<Link>& link, LinkState state,
                           const std::exception_ptr& why) {
     if (!link->finish(state, why)) return;
+    counters_.add(state == LinkState::dead     ? shm::ActorCounter::links_peer_died
+                  : state == LinkState::closed ? shm::ActorCounter::links_closed
+                                               : shm::ActorCounter::links_failed);
     // The peer's arena of this link, never to be linked again (scan_links, attach_peer): the
     // one we attached, else whatever is under its name now (the peer may have made it while
     // we never attached it); none: nothing to ignore. stat() before mu_.
@@ -503,9 +536,9 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
         case shm::LivenessEvent::unresponsive:
             // A hint, never death: a stopped or starved process comes back.
             link->set_peer_unresponsive(true);
-            std::fprintf(stderr, "shmctx: %s: %s is unresponsive: no heartbeat for %s\n",
-                         uid_.to_string().c_str(), who.c_str(),
-                         ms(options_.unresponsive_after).c_str());
+            counters_.add(shm::ActorCounter::peers_unresponsive);
+            report_error(who + " is unresponsive: no heartbeat for " +
+                         ms(options_.unresponsive_after));
             return;
         case shm::LivenessEvent::responsive:
             link->set_peer_unresponsive(false);
@@ -541,7 +574,7 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
     try {
         (void)shm::reclaim_dead_actor(names_, link->peer().name, link->peer().uuid);
     } catch (...) {
-        report_to_stderr("reclaiming a dead peer's objects", std::current_exception());
+        report_exception("reclaiming a dead peer's objects", std::current_exception());
     }
     // A dead uuid never links again (open_peer refuses it), so gone_ need not remember it:
     // it would only grow with every death over a long run.
@@ -550,7 +583,7 @@ void ActorCore::on_liveness(const Uuid& peer, shm::LivenessEvent event) {
 }
 
 void ActorCore::give_up_on(const std::shared_ptr<Link>& link, const std::string& why) {
-    std::fprintf(stderr, "shmctx: %s: %s\n", uid_.to_string().c_str(), why.c_str());
+    report_error(why);
     // The peer is alive: it must learn that the link is gone when it runs again. LinkClose if
     // its control ring has room (it stopped reading, so it may not); link_lost() closes our
     // control ring's producer side in any case, which its control loop also reads as a close.
@@ -725,7 +758,7 @@ void ActorCore::control_loop() noexcept {
         try {
             worked = pass();
         } catch (...) {
-            report_to_stderr("control loop", std::current_exception());
+            report_exception("control loop", std::current_exception());
         }
         // [core.stop] pairs with shutdown(): everything queued before it was flushed above.
         if (stop_.load(std::memory_order::acquire)) break;
@@ -776,6 +809,7 @@ void ActorCore::control_loop() noexcept {
             }
         }
         if (sleep == Sleep::no) continue;
+        counters_.add(shm::ActorCounter::control_loop_sleeps);
         (void)shm::futex_wait(bell.counter, seen, Duration::max());
         if (sleep == Sleep::advertised) {
             const std::shared_ptr<const LinkList> list = links_snapshot();
@@ -796,7 +830,7 @@ bool ActorCore::pass() {
             fn();
         } catch (...) {
             // One failing event (e.g. bad_alloc) must not lose the others, such as a death.
-            report_to_stderr("control loop event", std::current_exception());
+            report_exception("control loop event", std::current_exception());
         }
     }
     // [link.epoch] pairs with [link.epoch] in make_link(): a peer's arena exists before.
@@ -809,7 +843,14 @@ bool ActorCore::pass() {
         worked = true;
     }
     const std::shared_ptr<const LinkList> links = links_snapshot();  // keeps the list alive
-    for (const auto& link : *links) worked = service_link(link) || worked;
+    std::uint64_t outbox_depth = 0;
+    for (const auto& link : *links) {
+        worked = service_link(link) || worked;
+        outbox_depth += link->outbox_depth_approx();
+    }
+    // The control loop is the one updater of the level (writer table, actor_counters.hpp).
+    counters_.set(shm::ActorCounter::outbox_depth, outbox_depth);
+    counters_.raise(shm::ActorCounter::outbox_high_water, outbox_depth);
     return worked;
 }
 
@@ -866,7 +907,7 @@ void ActorCore::link_error(const std::shared_ptr<Link>& link,
             std::rethrow_exception(why);
         } catch (const std::exception& e) {
             // e.what() starts with "link to <peer> failed: ".
-            std::fprintf(stderr, "shmctx: %s: %s\n", uid_.to_string().c_str(), e.what());
+            report_error(e.what());
         } catch (...) {
         }
     };
@@ -880,7 +921,7 @@ void ActorCore::link_error(const std::shared_ptr<Link>& link,
             log(why);
             link_lost(link, LinkState::failed, why);
         } catch (...) {
-            report_to_stderr("failing a link", std::current_exception());
+            report_exception("failing a link", std::current_exception());
         }
     } catch (const std::exception& e) {
         // A corrupt record or ring fails this link only (DESIGN.md §2 trust boundary).
@@ -889,13 +930,17 @@ void ActorCore::link_error(const std::shared_ptr<Link>& link,
             const bool named = std::string_view(e.what()).starts_with(prefix);
             const std::exception_ptr why =
                 named ? error : std::make_exception_ptr(ProtocolError(prefix + e.what()));
+            if (link->state() != LinkState::failed && link->state() != LinkState::closed &&
+                link->state() != LinkState::dead) {
+                counters_.add(shm::ActorCounter::protocol_errors);
+            }
             log(why);
             link_lost(link, LinkState::failed, why);
         } catch (...) {
-            report_to_stderr("failing a link", std::current_exception());
+            report_exception("failing a link", std::current_exception());
         }
     } catch (...) {
-        report_to_stderr("reading a control ring", std::current_exception());
+        report_exception("reading a control ring", std::current_exception());
     }
 }
 
@@ -1018,6 +1063,7 @@ void ActorCore::on_link_open(const std::shared_ptr<Link>& link, const wire::fb::
         return;
     }
     if (!link->mark_up()) return;  // lost meanwhile: connect() reports its failure
+    counters_.add(shm::ActorCounter::links_up);
     {
         const std::lock_guard lock(mu_);  // connect() checks the state under mu_
     }
@@ -1030,6 +1076,7 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
     const flatbuffers::String* fn_name = start.fn_name();
     const std::string fn = fn_name != nullptr ? fn_name->str() : std::string();
     const auto ship_error = [&](const std::exception_ptr& e) {
+        counters_.add(shm::ActorCounter::starts_refused);
         BoxedError boxed = box(e, uid_, cid, fn);
         (void)link->send([&](wire::ControlEncoder& enc) { return enc.error(boxed.fields(0)); });
     };
@@ -1057,6 +1104,8 @@ void ActorCore::on_start(const std::shared_ptr<Link>& link, const wire::fb::Star
         ship_error(std::current_exception());
         return;
     }
+    // Registered: ContextState::finish() counts its end (tasks_ended), submitted or not.
+    counters_.add(shm::ActorCounter::tasks_started);
     // The StartAck is owed, not written here: the context's first record (its Started,
     // Return or Error) carries it, written ahead of it in the same write section and published
     // with it (ContextState::ship). The parent needs it only with that record (it holds our
@@ -1108,6 +1157,7 @@ void ActorCore::run_endpoint(const std::shared_ptr<ContextState>& ctx, const End
 void ActorCore::on_cancel_request(const std::shared_ptr<Link>& link,
                                   const wire::fb::CancelRequest& req) {
     (void)SHMCTX_FAULT_POINT("cancel.received");  // kill matrix: a cancel in flight
+    counters_.add(shm::ActorCounter::cancels_received);
     const std::uint64_t id = req.request_id();
     const auto ack = [&](bool found) {
         (void)link->send([&](wire::ControlEncoder& enc) { return enc.cancel_ack(id, found); });
@@ -1145,6 +1195,7 @@ void ActorCore::cancel_actor(const Uid& requester, std::shared_ptr<Link> ack_lin
             }
         }
         if (!actor_cancel_called_.load(std::memory_order::relaxed)) {  // relaxed: under mu_
+            counters_.add(shm::ActorCounter::actor_cancels);
             cancel_caller_ = requester;
             // [core.cancel] pairs with the acquire in cancel_called(): cancel_caller_ is set.
             actor_cancel_called_.store(true, std::memory_order::release);
@@ -1162,10 +1213,8 @@ void ActorCore::cancel_actor(const Uid& requester, std::shared_ptr<Link> ack_lin
                         });
                     started = true;
                 } catch (const std::system_error& e) {
-                    std::fprintf(stderr,
-                                 "shmctx: %s: cannot start the actor-cancel thread (%s): its "
-                                 "tasks are cancelled without waiting for them\n",
-                                 uid_.to_string().c_str(), e.what());
+                    report_error(std::string("cannot start the actor-cancel thread (") + e.what() +
+                                 "): its tasks are cancelled without waiting for them");
                 }
             }
             if (!started) {
@@ -1240,6 +1289,7 @@ bool ActorCore::request_actor_cancel(const std::shared_ptr<Link>& link, Deadline
     // Called, whether or not it can be sent: Portal::cancel_called() means the call was made.
     link->set_cancel_called();
     if (link->state() != LinkState::up) return false;  // spec §3.6: a disconnected channel
+    counters_.add(shm::ActorCounter::actor_cancel_requests);
     const std::uint64_t id = next_request_id();
     auto request = std::make_shared<ActorRequest>();
     request->link = link;

@@ -19,12 +19,14 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -36,7 +38,9 @@
 #include "core/overflow.hpp"
 #include "shmctx/actor.hpp"
 #include "shmctx/ids.hpp"
+#include "shmctx/shm/actor_counters.hpp"
 #include "shmctx/shm/actor_file.hpp"
+#include "shmctx/shm/error_log.hpp"
 #include "shmctx/shm/liveness.hpp"
 #include "shmctx/shm/names.hpp"
 #include "shmctx/shm/wake.hpp"
@@ -192,6 +196,14 @@ public:
     /// context's mutex): the control loop fails the link with `error` (link_error).
     void fail_link_later(const std::shared_ptr<Link>& link, std::exception_ptr error);
 
+    /// The actor's counters table in its segment (DESIGN.md §6; docs/protocol.d/counters.md).
+    shm::ActorCounters& counters() noexcept { return counters_; }
+    /// Writes "shmctx: <uid>: <text>" to stderr (the user's log) and counts `text` in the
+    /// actor's distinct-error log (`shmctx errors`). Never throws.
+    void report_error(std::string_view text) noexcept;
+    /// report_to_stderr(where, error), and `<where>: <what()>` into the distinct-error log.
+    void report_exception(const char* where, std::exception_ptr error) noexcept;
+
     /// The actor's overflow drainer, started on first use (DESIGN.md §4.2). After shutdown a
     /// stopped one, whose schedule() refuses (the caller discards).
     OverflowDrainer& drainer();
@@ -250,6 +262,10 @@ private:
     shm::Names names_;
     shm::LocalActorRecord record_;
     Uid uid_;
+    // Views of our segment's counters and error-log regions (before the threads below, whose
+    // error handlers report into them).
+    shm::ActorCounters counters_;
+    shm::ErrorLogWriter errors_;
     shm::WakeTable wake_table_;
     shm::WakeSlotAllocator slots_;
     std::uint32_t doorbell_ = 0;

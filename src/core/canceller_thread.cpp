@@ -12,23 +12,30 @@
 
 namespace shmctx::detail {
 
-void report_to_stderr(const char* where, std::exception_ptr error) noexcept {
-    const char* what = "unknown exception";
-    std::string text;
+std::string describe_exception(const std::exception_ptr& error) noexcept {
     try {
-        std::rethrow_exception(std::move(error));
-    } catch (const std::exception& e) {
         try {
-            text = e.what();
-            what = text.c_str();
+            std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+            try {
+                return e.what();
+            } catch (...) {
+                return "std::exception (what() could not be copied)";
+            }
+        } catch (const Cancelled&) {
+            return "shmctx::Cancelled";
         } catch (...) {
-            what = "std::exception (what() could not be copied)";
+            return "unknown exception";
         }
-    } catch (const Cancelled&) {
-        what = "shmctx::Cancelled";
     } catch (...) {
+        return {};  // bad_alloc copying a literal: nothing better to say
     }
-    std::fprintf(stderr, "shmctx: %s: %s\n", where, what);
+}
+
+void report_to_stderr(const char* where, std::exception_ptr error) noexcept {
+    const std::string text = describe_exception(error);
+    std::fprintf(stderr, "shmctx: %s: %s\n", where,
+                 text.empty() ? "unknown exception" : text.c_str());
 }
 
 CancellerThread::CancellerThread(ErrorHandler on_error, std::string name)

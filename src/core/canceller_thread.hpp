@@ -40,6 +40,8 @@ using ErrorHandler = std::function<void(std::exception_ptr)>;
 /// Writes "shmctx: <where>: <what()>" to stderr; the default ErrorHandler of library threads
 /// until the logging sink exists.
 void report_to_stderr(const char* where, std::exception_ptr error) noexcept;
+/// The text report_to_stderr prints after "<where>: " (what(), or the exception's kind).
+std::string describe_exception(const std::exception_ptr& error) noexcept;
 
 class CancellerThread {
 public:

@@ -385,6 +385,10 @@ void ContextState::send_start(PayloadView args) {
         if (auto e = link_->failure()) std::rethrow_exception(e);
         throw TransportClosed("the link to " + peer().to_string() + " is closed");
     }
+    // relaxed: a diagnostic flag for finish()'s count; it publishes nothing, and a finish
+    // racing this store could at worst leave one close uncounted.
+    start_sent_.store(true, std::memory_order::relaxed);
+    core_->counters().add(shm::ActorCounter::contexts_opened);
 }
 
 std::stop_token ContextState::wait_token() const noexcept {
@@ -748,13 +752,11 @@ void ContextState::cancel(Deadline deadline) {
         // A dead peer's task died with it: nothing to say. Any other loss of the link is the
         // outcome (spec §3.1: logged, not thrown).
         if (link_->state() == LinkState::dead) return;
-        std::fprintf(stderr,
-                     "shmctx: %s: may have failed to cancel context %s on %s: the link is "
-                     "closed\n",
-                     self().to_string().c_str(), cid_.to_string().c_str(),
-                     peer().to_string().c_str());
+        core_->report_error("may have failed to cancel context " + cid_.to_string() + " on " +
+                            peer().to_string() + ": the link is closed");
         return;
     }
+    core_->counters().add(shm::ActorCounter::cancels_requested);
     // Shielded from the caller's own cancellation (spec §3.1), bounded by the deadline.
     Lock lock(mu_);
     const auto acked = [&] {
@@ -763,18 +765,19 @@ void ContextState::cancel(Deadline deadline) {
     };
     cancel_waiting_.store(true, std::memory_order::seq_cst);  // [ctx.waiting]
     const bool answered = wait_locked(lock, acked, std::stop_token{}, deadline);
+    const bool ack_seen =
+        std::find(acked_.begin(), acked_.end(), request_id) != acked_.end();  // under mu_
     lock.unlock();
+    if (ack_seen) core_->counters().add(shm::ActorCounter::cancels_acked);
     // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load: the ack's ctxc
     // requested our scope's cancel (spec §3.3 step 3); its stop-callbacks run here.
     cancel_waiting_.store(false, std::memory_order::seq_cst);
     complete_scope_cancel();
     core_->forget_request(request_id);
     if (!answered) {
-        std::fprintf(stderr,
-                     "shmctx: %s: cancel of context %s on %s timed out: no ack within the "
-                     "deadline (its task may still run)\n",
-                     self().to_string().c_str(), cid_.to_string().c_str(),
-                     peer().to_string().c_str());
+        core_->counters().add(shm::ActorCounter::cancels_timed_out);
+        core_->report_error("cancel of context " + cid_.to_string() + " on " + peer().to_string() +
+                            " timed out: no ack within the deadline (its task may still run)");
     }
 }
 
@@ -784,6 +787,11 @@ void ContextState::finish() {
         const Lock lock(mu_);
         if (finished_) return;
         finished_ = true;
+        if (side_ == Side::child) {
+            core_->counters().add(shm::ActorCounter::tasks_ended);
+        } else if (start_sent_.load(std::memory_order::relaxed)) {  // relaxed: see send_start
+            core_->counters().add(shm::ActorCounter::contexts_closed);
+        }
         stream_closed_ = true;
         blockers_.fetch_or(kBlockClosed, std::memory_order::release);  // [ctx.blockers]
         if (in_) in_->close();

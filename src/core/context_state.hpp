@@ -283,6 +283,9 @@ private:
     /// by the link's producer lock (Link::send_owing).
     bool start_ack_owed_;
     std::atomic<bool> cancel_called_{false};
+    /// Parent side: our Start was sent (counted as contexts_opened; finish() then counts
+    /// contexts_closed). Written by the opening thread after the Start went out.
+    std::atomic<bool> start_sent_{false};
     std::atomic<std::uint32_t> blockers_{0};  // [ctx.blockers] "a sender must look under mu_"
     std::atomic<bool> receiving_{false};
     std::atomic<bool> cancel_waiting_{false};  // parent: cancel() waits for its ack

@@ -128,6 +128,7 @@ bool Link::finish(LinkState final_state, std::exception_ptr why) {
         const std::lock_guard lock(out_mu_);
         out_broken_ = true;
         outbox_.clear();
+        outbox_depth_.store(0, std::memory_order::relaxed);  // relaxed: a statistic
         // A live peer learns of the end from this even when its control ring had no room
         // for our LinkClose (a stalled peer, or one we failed for a protocol error).
         if (final_state != LinkState::dead) out_.close();
@@ -185,6 +186,7 @@ bool Link::flush() {
             return false;
         }
         outbox_.pop_front();
+        outbox_depth_.store(outbox_.size(), std::memory_order::relaxed);  // relaxed: a statistic
     }
     out_.advertise_space_waiter(std::nullopt);
     return outbox_.empty();
@@ -221,7 +223,9 @@ bool Link::write_locked(std::span<const std::byte> record, shm::Publish publish)
     }
     // FIFO: behind whatever is queued already. The control loop flushes it.
     outbox_.emplace_back(record.begin(), record.end());
-    outbox_total_.fetch_add(1, std::memory_order::relaxed);  // relaxed: a statistic
+    outbox_total_.fetch_add(1, std::memory_order::relaxed);           // relaxed: a statistic
+    outbox_depth_.store(outbox_.size(), std::memory_order::relaxed);  // relaxed: a statistic
+    if (counters_ != nullptr) counters_->add(shm::ActorCounter::outbox_queued);
     return true;
 }
 

@@ -28,6 +28,7 @@
 
 #include "shmctx/deadline.hpp"
 #include "shmctx/ids.hpp"
+#include "shmctx/shm/actor_counters.hpp"
 #include "shmctx/shm/actor_file.hpp"
 #include "shmctx/shm/arena.hpp"
 #include "shmctx/shm/ring.hpp"
@@ -171,6 +172,14 @@ public:
     std::uint64_t outbox_total() const noexcept {
         return outbox_total_.load(std::memory_order::relaxed);
     }
+    /// Records waiting in the outbox now (racy: a sample for the actor counters).
+    std::uint64_t outbox_depth_approx() const noexcept {
+        // relaxed: a statistic, stored under out_mu_ where the outbox changes.
+        return outbox_depth_.load(std::memory_order::relaxed);
+    }
+    /// The actor's counters (outbox_queued is counted per queued record); set before the link
+    /// is shared. Null: nothing counted.
+    void set_counters(shm::ActorCounters* counters) noexcept { counters_ = counters; }
     /// Called (outside the link's locks) when a send had to queue in the outbox; ActorCore
     /// rings its control loop's doorbell. Set before the link is shared.
     void set_on_outbox(std::function<void()> fn) { on_outbox_ = std::move(fn); }
@@ -223,6 +232,8 @@ private:
     std::deque<std::vector<std::byte>> outbox_;
     bool out_broken_ = false;
     std::atomic<std::uint64_t> outbox_total_{0};
+    std::atomic<std::uint64_t> outbox_depth_{0};  // outbox_.size(), stored under out_mu_
+    shm::ActorCounters* counters_ = nullptr;      // set before the link is shared
 
     std::optional<shm::ArenaView> peer_arena_;  // set once by the control loop (attach)
     std::optional<ino_t> ignored_peer_arena_;   // set before the link is shared

@@ -10,6 +10,8 @@
 #include <new>
 
 #include "shmctx/errors.hpp"
+#include "shmctx/shm/actor_counters.hpp"
+#include "shmctx/shm/error_log.hpp"
 #include "shmctx/shm/fault.hpp"
 
 namespace shmctx::shm {
@@ -196,6 +198,10 @@ ActorSegment ActorSegment::create(const Names& names, std::string_view name, con
         for (std::uint32_t i = 0; i < kActorWakeSlots; ++i) {
             new (seg.data() + kWakeTableOffset + i * sizeof(WakeSlot)) WakeSlot{};
         }
+        // The counters table and the error log: their headers, before publication like the
+        // actor header ([actor.publish] orders them for every opener).
+        init_actor_counters({seg.data() + kCountersOffset, kActorCountersBytes});
+        init_error_log({seg.data() + kErrorLogOffset, kActorErrorLogBytes});
         if (SHMCTX_FAULT_POINT("actor.before_publish")) {
             // "corrupt": publish as an actor of the next layout version would (tests of the
             // version-mismatch error across processes).

@@ -8,13 +8,16 @@
 // live actors with their pid, a stopped one as unresponsive (--sample), a killed one as dead, a
 // corrupt segment or arena as a problem line; `ls --json` parses and carries the ring counters
 // of an open context's stream; usage errors exit 2.
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
@@ -24,6 +27,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -32,8 +36,12 @@
 #include "shmctx/actor.hpp"
 #include "shmctx/context.hpp"
 #include "shmctx/payload.hpp"
+#include "shmctx/shm/actor_segment.hpp"
+#include "shmctx/shm/arena.hpp"
 #include "shmctx/shm/names.hpp"
+#include "shmctx/shm/ring.hpp"
 #include "shmctx/shm/segment.hpp"
+#include "shmctx/shm/wake.hpp"
 #include "shmctx/uuid.hpp"
 
 #ifndef SHMCTX_CLI_PATH
@@ -595,6 +603,200 @@ TEST_F(CliXproc, UsageErrorsExitTwo) {
     const CliRun help = run_cli({"help"});
     EXPECT_TRUE(help.exited_with(0)) << help.describe;
     EXPECT_THAT(help.out(), HasSubstr("usage: shmctx"));
+}
+
+// ---- `shmctx errors` and `shmctx stat` (issue 10 item 2; docs/protocol.d/counters.md) ----
+
+/// The entry of actor `name` in `errors --json` output.
+const Json* errors_of(const Json& actors, std::string_view name) {
+    for (const auto& a : actors.items) {
+        if (a["name"].text == name) return &a;
+    }
+    return nullptr;
+}
+
+/// The first error of `actor` (errors --json) whose text contains `part`, or null.
+const Json* error_with(const Json& actor, std::string_view part) {
+    if (actor["errors"].is_null()) return nullptr;
+    for (const auto& e : actor["errors"].items) {
+        if (e["text"].text.find(part) != std::string::npos) return &e;
+    }
+    return nullptr;
+}
+
+// A helper process's actor fails its link to us with a ProtocolError (we corrupt the tail of our
+// control ring, which it reads): `shmctx errors --json`, run from a third process, shows the
+// error in the helper's distinct-error log with count 1 and its times; its counters say
+// protocol_errors 1 (`stat`); after the helper is killed its log is still read from the dead
+// actor's segment, and `clean` then removes it.
+TEST_F(CliXproc, ErrorsJsonShowsAHelpersProtocolErrorAlsoAfterItDied) {
+    test::Child node = test::spawn("actor_node", {ns(), "victim", "server"});
+    ASSERT_TRUE(node.expect_line("ready", kDeadline)) << node.describe();
+    const auto before_ns =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count());
+    {
+        ActorOptions options;
+        options.ns = ns();
+        Actor bad("bad", options);
+        Portal portal = bad.connect("victim", kDeadline);
+        const auto r = portal.open_context("add_one", Payload::value(std::int64_t{41}),
+                                           [](Context&, const Payload&) {});
+        ASSERT_EQ(r.outcome.value().value<std::int64_t>(), 42);
+        {
+            // Before the corruption, the helper's log is empty.
+            const CliRun errors = run_cli({"errors", "--json", "--ns", ns()});
+            ASSERT_TRUE(errors.exited_with(0)) << errors.describe;
+            const Json actors = JsonParser(errors.out()).parse_document();
+            const Json* victim = errors_of(actors, "victim");
+            ASSERT_NE(victim, nullptr) << errors.describe;
+            EXPECT_TRUE((*victim)["errors"].items.empty()) << errors.describe;
+            EXPECT_EQ((*victim)["used"].u64(), 0U);
+        }
+        // Our arena for the link (we are its producer): its first carve is our control ring.
+        const std::string arena = names().arena(bad.uid().uuid, portal.peer().uuid);
+        const int fd = ::open(shm::shm_path(arena).c_str(), O_RDWR | O_CLOEXEC);
+        ASSERT_GE(fd, 0) << arena;
+        constexpr std::size_t kMap = 64 * 1024;
+        void* map = ::mmap(nullptr, kMap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ::close(fd);
+        ASSERT_NE(map, MAP_FAILED);
+        auto* ring = reinterpret_cast<shm::RingHeader*>(
+            static_cast<std::byte*>(map) + shm::kArenaCarveBase + shm::kCarveHeaderBytes);
+        ASSERT_EQ(ring->immutable.magic.load(std::memory_order::acquire), shm::kRingMagic);
+        // A tail far past head + data bytes: what a corrupt producer could publish.
+        ring->producer.tail_bytes.store(std::uint64_t{1} << 40, std::memory_order::release);
+        ::munmap(map, kMap);
+        // Ring its control loop's doorbell (wake slot 0), as our next record would, so that it
+        // reads the ring now.
+        auto seg = shm::ActorSegment::try_open(names(), "victim");
+        ASSERT_TRUE(seg);
+        shm::WakeSlot* bell = seg->wake_table().slot(0);
+        ASSERT_NE(bell, nullptr);
+        shm::ring(*bell);
+
+        CliRun errors;
+        const Json* found = nullptr;
+        Json actors;
+        ASSERT_TRUE(test::wait_until(
+            [&] {
+                errors = run_cli({"errors", "--json", "--ns", ns()});
+                if (!errors.exited_with(0)) return false;
+                actors = JsonParser(errors.out()).parse_document();
+                const Json* victim = errors_of(actors, "victim");
+                found = victim != nullptr ? error_with(*victim, "link to bad") : nullptr;
+                return found != nullptr;
+            },
+            Deadline(kDeadline)))
+            << errors.describe << node.describe();
+        EXPECT_THAT((*found)["text"].text, HasSubstr("failed"));
+        EXPECT_EQ((*found)["count"].u64(), 1U) << errors.describe;
+        EXPECT_GE((*found)["first_unix_ns"].u64(), before_ns);
+        EXPECT_EQ((*found)["first_unix_ns"].u64(), (*found)["last_unix_ns"].u64());
+        EXPECT_EQ((*found)["truncated"].kind, Json::Kind::boolean);
+        EXPECT_FALSE((*found)["truncated"].boolean);
+        const Json* victim = errors_of(actors, "victim");
+        EXPECT_EQ((*victim)["state"].text, "live");
+        EXPECT_EQ((*victim)["pid"].u64(), static_cast<std::uint64_t>(node.pid()));
+        EXPECT_EQ((*victim)["dropped"].u64(), 0U);
+
+        // Its counters, as `stat` reads them without joining.
+        const CliRun stat = run_cli({"stat", "--json", "--count", "1", "--ns", ns()});
+        ASSERT_TRUE(stat.exited_with(0)) << stat.describe;
+        ASSERT_EQ(stat.lines.size(), 1U) << stat.describe;
+        const Json sample = JsonParser(stat.lines[0]).parse_document();
+        bool seen = false;
+        for (const auto& a : sample["actors"].items) {
+            if (a["name"].text != "victim") continue;
+            seen = true;
+            EXPECT_EQ(a["counters"]["protocol_errors"].u64(), 1U) << stat.describe;
+            EXPECT_EQ(a["counters"]["links_failed"].u64(), 1U) << stat.describe;
+            EXPECT_EQ(a["counters"]["tasks_started"].u64(), 1U) << stat.describe;
+            EXPECT_GE(a["counters"]["errors_reported"].u64(), 1U) << stat.describe;
+        }
+        EXPECT_TRUE(seen) << stat.describe;
+    }
+    // Killed: its segment (and its log) stay in /dev/shm until someone reclaims them.
+    node.kill(SIGKILL);
+    const auto status = node.wait(kDeadline);
+    ASSERT_TRUE(status && WIFSIGNALED(*status)) << node.describe();
+    const CliRun errors = run_cli({"errors", "--json", "--ns", ns()});
+    ASSERT_TRUE(errors.exited_with(0)) << errors.describe;
+    const Json actors = JsonParser(errors.out()).parse_document();
+    const Json* victim = errors_of(actors, "victim");
+    ASSERT_NE(victim, nullptr) << errors.describe;
+    EXPECT_EQ((*victim)["state"].text, "dead") << errors.describe;
+    const Json* found = error_with(*victim, "link to bad");
+    ASSERT_NE(found, nullptr) << errors.describe;
+    EXPECT_EQ((*found)["count"].u64(), 1U);
+    const CliRun text = run_cli({"errors", "--ns", ns()});
+    ASSERT_TRUE(text.exited_with(0)) << text.describe;
+    EXPECT_THAT(text.out(), HasSubstr("link to bad")) << text.describe;
+    const CliRun clean = run_cli({"clean", "--ns", ns()});
+    EXPECT_TRUE(clean.exited_with(0)) << clean.describe;
+}
+
+// Live streaming between this process and a helper: two `stat --json` samples 100 ms apart show
+// our data ring's sent counter rising and a positive rate in the second sample (none in the
+// first: there is nothing to compare with), and our counters (one context, one link).
+TEST_F(CliXproc, StatJsonShowsRisingSentCountersAndARate) {
+    test::Child node = test::spawn("actor_node", {ns(), "server", "server"});
+    ASSERT_TRUE(node.expect_line("ready", kDeadline)) << node.describe();
+    CliRun stat;
+    {
+        ActorOptions options;
+        options.ns = ns();
+        Actor parent("parent", options);
+        Portal portal = parent.connect("server", kDeadline);
+        portal.open_context("simple_rpc", Payload::value(0), [&](Context& ctx, const Payload&) {
+            auto stream = ctx.open_stream();
+            std::atomic<bool> done{false};
+            std::thread cli([&] {
+                stat =
+                    run_cli({"stat", "--json", "--count", "2", "--interval", "100", "--ns", ns()});
+                done.store(true, std::memory_order::release);
+            });
+            std::uint64_t pings = 0;
+            while (!done.load(std::memory_order::acquire)) {
+                stream.send("ping");
+                EXPECT_EQ(stream.receive().text(), "pong");
+                ++pings;
+            }
+            cli.join();
+            EXPECT_GT(pings, 0U);
+        });
+    }
+    node.write("quit\n");
+    const auto status = node.wait(kDeadline);
+    EXPECT_TRUE(status && WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << node.describe();
+
+    ASSERT_TRUE(stat.exited_with(0)) << stat.describe;
+    ASSERT_EQ(stat.lines.size(), 2U) << stat.describe;
+    std::vector<std::uint64_t> sent;
+    std::vector<Json> rates;
+    for (std::size_t i = 0; i < 2; ++i) {
+        const Json sample = JsonParser(stat.lines[i]).parse_document();
+        EXPECT_EQ(sample["sample"].u64(), i + 1);
+        const Json* parent = nullptr;
+        for (const auto& a : sample["actors"].items) {
+            if (a["name"].text == "parent") parent = &a;
+        }
+        ASSERT_NE(parent, nullptr) << stat.describe;
+        EXPECT_EQ((*parent)["counters"]["contexts_opened"].u64(), 1U) << stat.describe;
+        EXPECT_EQ((*parent)["counters"]["links_up"].u64(), 1U) << stat.describe;
+        ASSERT_EQ((*parent)["links"].items.size(), 1U) << stat.describe;
+        for (const auto& ring : (*parent)["links"].items[0]["rings"].items) {
+            if (ring["kind"].text != "data") continue;
+            sent.push_back(ring["sent"].u64());
+            rates.push_back(ring["sent_per_s"]);
+        }
+    }
+    ASSERT_EQ(sent.size(), 2U) << stat.describe;
+    EXPECT_LT(sent[0], sent[1]) << stat.describe;
+    EXPECT_TRUE(rates[0].is_null()) << stat.describe;
+    ASSERT_EQ(rates[1].kind, Json::Kind::number) << stat.describe;
+    EXPECT_GT(std::stod(rates[1].text), 0.0) << stat.describe;
 }
 
 }  // namespace

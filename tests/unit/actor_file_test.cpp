@@ -23,7 +23,9 @@
 #include "namespace_guard.hpp"
 #include "process.hpp"
 #include "shmctx/errors.hpp"
+#include "shmctx/shm/actor_counters.hpp"
 #include "shmctx/shm/actor_segment.hpp"
+#include "shmctx/shm/error_log.hpp"
 #include "shmctx/shm/liveness.hpp"
 #include "shmctx/shm/segment.hpp"
 
@@ -68,8 +70,18 @@ TEST(ActorSegment, PublishedSegmentDescribesItsCreator) {
     EXPECT_EQ(seg->wake_table().capacity(), kActorWakeSlots);
     EXPECT_EQ(seg->counters().size(), kActorCountersBytes);
     EXPECT_EQ(seg->error_log().size(), kActorErrorLogBytes);
-    EXPECT_TRUE(std::all_of(seg->counters().begin(), seg->counters().end(),
-                            [](std::byte b) { return b == std::byte{0}; }));
+    // The counters table and the error log are initialised before publication: readable
+    // through the peer's mapping, every counter zero, no error yet.
+    std::string problem;
+    const auto counters = read_actor_counters(seg->counters(), problem);
+    ASSERT_TRUE(counters.has_value()) << problem;
+    EXPECT_EQ(counters->known, kActorCounterSlots);
+    EXPECT_TRUE(std::all_of(counters->values.begin(), counters->values.end(),
+                            [](std::uint64_t v) { return v == 0; }));
+    const ErrorLogSample log = read_error_log(seg->error_log());
+    EXPECT_TRUE(log.valid) << log.problem;
+    EXPECT_EQ(log.used, 0U);
+    EXPECT_EQ(log.capacity, error_log_capacity(kActorErrorLogBytes));
     // Both mappings address the same memory: a bump through one is seen through the other.
     record.segment().links_epoch().fetch_add(5, std::memory_order::relaxed);
     EXPECT_EQ(seg->links_epoch().load(std::memory_order::relaxed), 5U);

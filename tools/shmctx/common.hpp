@@ -56,6 +56,8 @@ std::uint64_t parse_count(std::string_view what, std::string_view text, std::uin
 
 int run_clean(std::span<const std::string_view> args);
 int run_ls(std::span<const std::string_view> args);
+int run_stat(std::span<const std::string_view> args);
+int run_errors(std::span<const std::string_view> args);
 int run_perf(std::span<const std::string_view> args);
 /// True for the command line of a process `shmctx perf` spawned in a peer role (`--role ...`,
 /// argv[1]); run_perf_peer runs it and returns its exit status.

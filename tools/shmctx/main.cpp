@@ -18,6 +18,13 @@ constexpr std::string_view kUsage =
     "         list actors: pid, uuid, liveness, heartbeat, links, outbound ring counters;\n"
     "         --sample MS watches heartbeats for MS ms and reports a live actor whose\n"
     "         heartbeat did not move as unresponsive\n"
+    "  stat   [--ns NS | --all-ns] [--json] [--interval MS] [--count N]\n"
+    "         live view of each actor's counters and of its rings (sent/received with\n"
+    "         rates, fill, overruns, spill) every MS ms (default 1000), N times (default\n"
+    "         0: until Ctrl-C); --json prints one JSON object per sample, one per line\n"
+    "  errors [--ns NS | --all-ns] [--json]\n"
+    "         each actor's distinct-error log (count, first and last time, text), also of\n"
+    "         dead actors whose segment is still in /dev/shm\n"
     "  clean  [--ns NS | --all-ns] [--json] [--dry-run]\n"
     "         remove what dead actors (actor file lock free) left in /dev/shm\n"
     "  perf   [--tests LIST] [--transports LIST] [--quick] [--json FILE] [--svg FILE] ...\n"
@@ -26,7 +33,7 @@ constexpr std::string_view kUsage =
     "         'shmctx perf --help' lists every option\n"
     "\n"
     "The namespace defaults to $SHMCTX_NS, else \"default\". Only objects of the effective uid\n"
-    "are looked at (ls, clean). Exit status: 0 success, 1 error, 2 usage error.\n";
+    "are looked at (ls, stat, errors, clean). Exit status: 0 success, 1 error, 2 usage error.\n";
 
 }  // namespace
 
@@ -44,6 +51,8 @@ int main(int argc, char** argv) {
     try {
         if (command == "ls") return run_ls(rest);
         if (command == "clean") return run_clean(rest);
+        if (command == "stat") return run_stat(rest);
+        if (command == "errors") return run_errors(rest);
         if (command == "perf") return run_perf(rest);
         if (command == "help" || command == "--help" || command == "-h") {
             std::fputs(kUsage.data(), stdout);

@@ -1,6 +1,6 @@
 // `shmctx perf`: the front end of the benchmark harness (bench/harness, harness.hpp). The
 // options, the table, the JSON and the SVG are the harness library's; this file routes the
-// command line and the exit status (docs/protocol.d/cli.md §5).
+// command line and the exit status (docs/protocol.d/cli.md §7).
 //
 // The harness measures across real processes: it posix_spawns /proc/self/exe (this binary)
 // with `--role ...`; main() hands such a command line to run_perf_peer before any dispatch.

@@ -11,8 +11,10 @@
 //        | RingImmutableBlock  (128)  producer, once   |  magic (stored last), versions,
 //   128  +---------------------------------------------+  data bytes, generation
 //        | RingProducerBlock   (256)                   |
-//        |   hot  line: tail_bytes, written_msgs       |  producer, every commit / batch
-//        |   cold line: space_cell, counters, closed   |  producer, rarely
+//        |   hot  line: tail_bytes, written_msgs,      |  producer, every commit / batch
+//        |              payload_bytes, full_events     |
+//        |   cold line: space_cell, overruns, spill    |  producer, rarely
+//        |              counters, closed               |
 //   384  +---------------------------------------------+
 //        | RingConsumerBlock   (256)                   |
 //        |   hot  line: head_bytes, read_msgs          |  consumer, every read / release
@@ -124,17 +126,26 @@ struct RingImmutableBlock {
 };
 
 /// Writer: the producer. Hot line written on every publish; cold line rarely.
+///
+/// The per-message counters (payload_bytes, full_events) share the hot line with the tail: the
+/// producer owns that line while it publishes anyway, whereas the cold line holds space_cell,
+/// which the consumer reads on every try_read. Stored there, each publish (and each refused
+/// push of a spinning producer) took that line from the consumer: 30-65 % of the throughput of
+/// a busy-spin ring (bench/README.md §11, shmctx_bench_counters). The cold-line words they
+/// used are reserved (zero).
 struct RingProducerBlock {
-    std::atomic<std::uint64_t> tail_bytes;    ///< published end position ([ring.publish])
-    std::atomic<std::uint64_t> written_msgs;  ///< messages published (observers, size_approx)
-    std::byte hot_pad[kFalseSharingRange - 16];
+    std::atomic<std::uint64_t> tail_bytes;     ///< published end position ([ring.publish])
+    std::atomic<std::uint64_t> written_msgs;   ///< messages published (observers, size_approx)
+    std::atomic<std::uint64_t> payload_bytes;  ///< payload bytes published (counter)
+    std::atomic<std::uint64_t> full_events;    ///< pushes refused as full (counter)
+    std::byte hot_pad[kFalseSharingRange - 32];
     WakeCell space_cell;                         ///< producer waiting for space advertises here
-    std::atomic<std::uint64_t> full_events;      ///< pushes refused as full (diagnostic)
+    std::uint64_t reserved_cold0;                ///< zero (held full_events before, see above)
     std::atomic<std::uint64_t> overruns;         ///< overruns noted by the sender (diagnostic)
     std::atomic<std::uint32_t> producer_closed;  ///< 1: no more records will come
     std::uint32_t reserved0;
     // Counters (diagnostic, readable from any process; one writer each, see RingCounters).
-    std::atomic<std::uint64_t> payload_bytes;     ///< payload bytes published
+    std::uint64_t reserved_cold1;                 ///< zero (payload_bytes before, see above)
     std::atomic<std::uint64_t> spilled;           ///< messages put in the sender's spill queue
     std::atomic<std::uint64_t> spill_drained;     ///< spilled messages written to the ring
     std::atomic<std::uint64_t> spill_discarded;   ///< spilled messages discarded (cancel, failure)
@@ -167,7 +178,10 @@ static_assert(sizeof(RingImmutableBlock) == kFalseSharingRange);
 static_assert(sizeof(RingProducerBlock) == 2 * kFalseSharingRange);
 static_assert(sizeof(RingConsumerBlock) == 2 * kFalseSharingRange);
 static_assert(sizeof(RingHeader) == 640);
-static_assert(offsetof(RingProducerBlock, payload_bytes) == kFalseSharingRange + 32 &&
+static_assert(offsetof(RingProducerBlock, payload_bytes) == 16 &&
+              offsetof(RingProducerBlock, full_events) == 24 &&
+              offsetof(RingProducerBlock, overruns) == kFalseSharingRange + 16 &&
+              offsetof(RingProducerBlock, spilled) == kFalseSharingRange + 40 &&
               offsetof(RingProducerBlock, spill_high_water) == kFalseSharingRange + 64);
 
 /// A snapshot of one ring's counters (DESIGN.md §6 "Counters"), read with relaxed loads from
@@ -598,6 +612,16 @@ private:
 
 // ---- hot paths, inline (per-message cost matters: docs/protocol.md §3) ----
 
+/// SHMCTX_RING_COUNTERS=0 drops the observer-only counter stores of the hot path (written_msgs,
+/// payload_bytes per publish; full_events per refused push). For one benchmark build only
+/// (bench/counters_upkeep.cpp, which compiles its own copy of ring.cpp with it): it measures
+/// what the counters cost (bench/README.md §11). Never set it for a library build: `shmctx ls`
+/// and `stat` would show zeros and RingReader::size_approx() would be wrong.
+#ifndef SHMCTX_RING_COUNTERS
+#define SHMCTX_RING_COUNTERS 1
+#endif
+inline constexpr bool kRingCounters = SHMCTX_RING_COUNTERS != 0;
+
 inline WriteResult RingWriter::check_space(std::size_t bytes, std::uint64_t& padding) noexcept {
     if (failed_) return WriteResult::protocol_error;
     if (bytes > max_payload_) return WriteResult::too_large;
@@ -645,7 +669,7 @@ inline RingClaim RingWriter::try_claim(std::size_t bytes) noexcept {
     std::uint64_t pad = 0;
     const WriteResult r = check_space(bytes, pad);
     if (r != WriteResult::ok) {
-        if (r == WriteResult::full_bytes || r == WriteResult::full_msgs) {
+        if (kRingCounters && (r == WriteResult::full_bytes || r == WriteResult::full_msgs)) {
             auto& full = header_->producer.full_events;
             // relaxed: a diagnostic counter with a single writer (this producer).
             full.store(full.load(std::memory_order::relaxed) + 1, std::memory_order::relaxed);
@@ -698,10 +722,14 @@ inline WriteResult RingWriter::publish_deferring_wake(bool& wake_owed) noexcept 
     if (failed_) return WriteResult::protocol_error;
     if (tail_ == published_tail_) return WriteResult::ok;
     RingProducerBlock& producer = header_->producer;
-    // relaxed: written_msgs is for observers (size_approx, shmctx ls); the tail publishes data.
-    producer.written_msgs.store(written_, std::memory_order::relaxed);
-    // relaxed: a counter for observers, one writer (this producer), stored once per publish.
-    producer.payload_bytes.store(payload_bytes_, std::memory_order::relaxed);
+    if constexpr (kRingCounters) {
+        // relaxed: written_msgs is for observers (size_approx, shmctx ls); the tail publishes
+        // data.
+        producer.written_msgs.store(written_, std::memory_order::relaxed);
+        // relaxed: a counter for observers, one writer (this producer), stored once per
+        // publish.
+        producer.payload_bytes.store(payload_bytes_, std::memory_order::relaxed);
+    }
     // [ring.publish] pairs with [ring.observe] in RingReader::refresh_tail: the records and
     // padding before `tail_` are visible to a reader that sees this tail.
     producer.tail_bytes.store(tail_, std::memory_order::release);
