@@ -15,7 +15,7 @@ inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kFalseSharingRange = 128;
 
 /// Bumped on any change of a shared structure's size or field offsets.
-inline constexpr std::uint32_t kLayoutVersion = 2;
+inline constexpr std::uint32_t kLayoutVersion = 3;
 /// Bumped on any change of message meaning on the control ring.
 inline constexpr std::uint32_t kProtocolVersion = 2;
 
