@@ -200,9 +200,9 @@ static_assert(offsetof(RingProducerBlock, payload_bytes) == 16 &&
 /// overruns, spill_* — the sender or the drainer holding the ring, one writer per word), the
 /// consumer (received).
 struct RingCounters {
-    std::uint64_t sent = 0;              ///< records published (written_msgs)
-    std::uint64_t received = 0;          ///< records handed to the reader (read_msgs)
-    std::uint64_t payload_bytes = 0;     ///< payload bytes published
+    std::uint64_t sent = 0;           ///< records published (written_msgs)
+    std::uint64_t received = 0;       ///< records handed to the reader (read_msgs)
+    std::uint64_t payload_bytes = 0;  ///< payload bytes published
     /// Pushes that found the ring full. The first of a full episode shows at once; the later
     /// ones with the producer's next publish, wait for space, overrun, spill or close.
     std::uint64_t full_events = 0;
@@ -631,7 +631,6 @@ private:
 };
 
 // ---- hot paths, inline (per-message cost matters: docs/protocol.md §3) ----
-
 
 inline WriteResult RingWriter::check_space(std::size_t bytes, std::uint64_t& padding) noexcept {
     if (failed_) return WriteResult::protocol_error;
