@@ -18,6 +18,7 @@
 #include <span>
 #include <vector>
 
+#include "aligned_region.hpp"
 #include "message.hpp"
 #include "minimal_ring.hpp"
 #include "shmctx/shm/ring.hpp"
@@ -29,6 +30,8 @@ using namespace shmctx;
 using shmctx::bench::check;
 using shmctx::bench::stamp;
 
+using shmctx::bench::AlignedRegion;
+
 constexpr std::size_t kRingDataBytes = 1 << 20;
 constexpr std::size_t kMaxBatch = 64;
 constexpr std::uint16_t kKind = 1;
@@ -38,22 +41,6 @@ std::uint32_t batch_for(std::size_t size) {
     const std::size_t fit = kRingDataBytes / (2 * shm::align_up(size + 16, 64));
     return static_cast<std::uint32_t>(std::clamp<std::size_t>(fit, 1, kMaxBatch));
 }
-
-/// 128-byte aligned, zeroed process memory standing in for a mapping.
-struct AlignedRegion {
-    explicit AlignedRegion(std::size_t bytes)
-        : size(shm::align_up(bytes, 128)),
-          data(static_cast<std::byte*>(std::aligned_alloc(128, size))) {
-        if (data == nullptr) throw std::bad_alloc();
-        std::fill_n(data, size, std::byte{0});
-    }
-    ~AlignedRegion() { std::free(data); }
-    AlignedRegion(const AlignedRegion&) = delete;
-    AlignedRegion& operator=(const AlignedRegion&) = delete;
-    std::span<std::byte> span() const { return {data, size}; }
-    std::size_t size;
-    std::byte* data;
-};
 
 /// A shmctx ring with both ends in this thread, and a two-slot wake table.
 struct ShmctxFixture {

@@ -47,6 +47,7 @@
 #include <thread>
 #include <vector>
 
+#include "aligned_region.hpp"
 #include "shmctx/shm/layout.hpp"
 #include "shmctx/shm/ring.hpp"
 #include "shmctx/shm/wake.hpp"
@@ -57,23 +58,10 @@ namespace {
 
 using namespace shmctx;
 
+using shmctx::bench::AlignedRegion;
+
 constexpr std::size_t kRingDataBytes = 1 << 20;
 constexpr std::uint16_t kKind = 1;
-
-struct AlignedRegion {
-    explicit AlignedRegion(std::size_t bytes)
-        : size(shm::align_up(bytes, 4096)),
-          data(static_cast<std::byte*>(std::aligned_alloc(4096, size))) {
-        if (data == nullptr) throw std::bad_alloc();
-        std::fill_n(data, size, std::byte{0});
-    }
-    ~AlignedRegion() { std::free(data); }
-    AlignedRegion(const AlignedRegion&) = delete;
-    AlignedRegion& operator=(const AlignedRegion&) = delete;
-    std::span<std::byte> span() const { return {data, size}; }
-    std::size_t size;
-    std::byte* data;
-};
 
 /// Involuntary context switches of the calling thread so far: a run during which a measuring
 /// thread was preempted (the VM's two cores are shared) measures the scheduler, not the ring.

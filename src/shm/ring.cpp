@@ -182,21 +182,18 @@ WaitStatus RingWriter::wait_writable(std::size_t bytes, Waiter& waiter, const De
 }
 
 void RingWriter::close() noexcept {
-    if (kRingCounters) store_full_events();
     // [ring.producer_close] pairs with [ring.producer_close] in RingReader::producer_closed.
     header_->producer.producer_closed.store(1, std::memory_order::release);
     (void)wake_consumer();
 }
 
 void RingWriter::note_overrun() noexcept {
-    if (kRingCounters) store_full_events();  // the refusals that led to it
     auto& overruns = header_->producer.overruns;
     // relaxed: a diagnostic counter with a single writer (this producer).
     overruns.store(overruns.load(std::memory_order::relaxed) + 1, std::memory_order::relaxed);
 }
 
 void RingWriter::count_spilled(std::uint64_t total, std::uint64_t high_water) noexcept {
-    if (kRingCounters) store_full_events();  // the refusals that made it spill
     // relaxed (all spill counters): diagnostic words with one writer each (ring.hpp).
     header_->producer.spilled.store(total, std::memory_order::relaxed);
     header_->producer.spill_high_water.store(high_water, std::memory_order::relaxed);

@@ -200,12 +200,10 @@ static_assert(offsetof(RingProducerBlock, payload_bytes) == 16 &&
 /// overruns, spill_* — the sender or the drainer holding the ring, one writer per word), the
 /// consumer (received).
 struct RingCounters {
-    std::uint64_t sent = 0;           ///< records published (written_msgs)
-    std::uint64_t received = 0;       ///< records handed to the reader (read_msgs)
-    std::uint64_t payload_bytes = 0;  ///< payload bytes published
-    /// Pushes that found the ring full. The first of a full episode shows at once; the later
-    /// ones with the producer's next publish, wait for space, overrun, spill or close.
-    std::uint64_t full_events = 0;
+    std::uint64_t sent = 0;              ///< records published (written_msgs)
+    std::uint64_t received = 0;          ///< records handed to the reader (read_msgs)
+    std::uint64_t payload_bytes = 0;     ///< payload bytes published
+    std::uint64_t full_events = 0;       ///< pushes that found the ring full
     std::uint64_t overruns = 0;          ///< pushes refused with StreamOverrun
     std::uint64_t spilled = 0;           ///< messages queued in the sender's spill
     std::uint64_t spill_drained = 0;     ///< spilled messages written to the ring later
@@ -410,7 +408,6 @@ public:
         if (ready()) return WaitStatus::ready;
         // Deferred commits must be visible, or the consumer could never free space for us.
         (void)publish();
-        if (kRingCounters) store_full_events();  // a blocked producer's refusals, all shown
         const WaitStatus status =
             waiter.wait(header_->producer.space_cell, ready, deadline, stop, policy);
         // relaxed: back to "nobody waits" (see wait_writable).
@@ -457,11 +454,6 @@ private:
     [[gnu::cold]] WriteResult fail(const char* what, std::uint64_t a, std::uint64_t b,
                                    std::uint64_t c) noexcept;
     WriteResult check_space(std::size_t bytes, std::uint64_t& padding) noexcept;
-    /// Stores the private count of refused pushes in the header (observers read it there).
-    void store_full_events() noexcept {
-        // relaxed: a diagnostic counter with a single writer (this producer).
-        header_->producer.full_events.store(full_events_, std::memory_order::relaxed);
-    }
 
     RingHeader* header_;
     std::byte* data_;
@@ -475,8 +467,6 @@ private:
     std::uint64_t published_tail_ = 0;
     std::uint64_t written_ = 0;        // messages committed (incl. deferred)
     std::uint64_t payload_bytes_ = 0;  // payload bytes committed (incl. deferred)
-    std::uint64_t full_events_ = 0;    // pushes refused as full (stored: see try_claim)
-    bool full_deferring_ = false;      // a refusal was stored since the last publish
     std::uint64_t cached_head_ = 0;    // consumer's head as last loaded and validated
     std::uint64_t cached_read_ = 0;    // consumer's read_msgs as last loaded and validated
     bool failed_ = false;
@@ -680,16 +670,9 @@ inline RingClaim RingWriter::try_claim(std::size_t bytes) noexcept {
     const WriteResult r = check_space(bytes, pad);
     if (r != WriteResult::ok) {
         if (kRingCounters && (r == WriteResult::full_bytes || r == WriteResult::full_msgs)) {
-            // Counted exactly, stored sparingly: the first refusal since the last publish is
-            // stored at once (an observer sees a full ring at once); the next ones of the same
-            // full episode are stored with the next publish, wait, overrun, spill or close. A
-            // producer spinning on a full ring would otherwise write the tail's line, which the
-            // consumer polls, on every retry (bench/README.md §11).
-            ++full_events_;
-            if (!full_deferring_) {
-                store_full_events();
-                full_deferring_ = true;
-            }
+            auto& full = header_->producer.full_events;
+            // relaxed: a diagnostic counter with a single writer (this producer).
+            full.store(full.load(std::memory_order::relaxed) + 1, std::memory_order::relaxed);
         }
         return RingClaim{r, {}, 0};
     }
@@ -746,10 +729,6 @@ inline WriteResult RingWriter::publish_deferring_wake(bool& wake_owed) noexcept 
         // relaxed: a counter for observers, one writer (this producer), stored once per
         // publish.
         producer.payload_bytes.store(payload_bytes_, std::memory_order::relaxed);
-        if (full_deferring_) [[unlikely]] {
-            store_full_events();
-            full_deferring_ = false;
-        }
     }
     // [ring.publish] pairs with [ring.observe] in RingReader::refresh_tail: the records and
     // padding before `tail_` are visible to a reader that sees this tail.
