@@ -40,6 +40,8 @@
 #include "shmctx/context.hpp"
 #include "shmctx/errors.hpp"
 #include "shmctx/payload.hpp"
+#include "shmctx/shm/actor_counters.hpp"
+#include "shmctx/shm/actor_segment.hpp"
 
 namespace shmctx {
 namespace {
@@ -312,16 +314,28 @@ TEST_P(ChaosTargeted, CorruptLinkFailsAloneWithProtocolError) {
                             for (int i = 0; i < 64; ++i) stream.send(PayloadView(big));
                             break;
                         }
-                        case Trigger::control_send:
-                            // A Start C reads within the sender's grace needs no wake (and so
-                            // never meets the bad slot): C's threads read for 50 us after
-                            // activity. Pacing, not synchronisation: the pause lets C's threads
-                            // fall asleep, so that some Start is owed a wake; any one suffices.
+                        case Trigger::control_send: {
+                            // A Start C reads while its threads still watch for work (50 us
+                            // after activity) needs no wake, and so never meets the bad slot.
+                            // After each ping, wait until C's control loop has gone to sleep
+                            // again (its control_loop_sleeps counter, read from its actor
+                            // segment): the next Start is then owed a wake. Any one suffices.
+                            const auto seg = shm::ActorSegment::try_open(names(), "chaos");
+                            if (!seg) throw std::runtime_error("the chaos peer has no segment");
+                            const auto sleeps = [&] {
+                                std::string problem;
+                                const auto s = shm::read_actor_counters(seg->counters(), problem);
+                                return s ? (*s)[shm::ActorCounter::control_loop_sleeps] : 0;
+                            };
                             for (int i = 0; i < 200; ++i) {
+                                const std::uint64_t before = sleeps();
                                 (void)to_c.run("ping", Payload::value(std::int64_t{i}), kDeadline);
-                                std::this_thread::sleep_for(2ms);
+                                if (!wait_until([&] { return sleeps() > before; }, kDeadline)) {
+                                    throw std::runtime_error("C's control loop never slept");
+                                }
                             }
                             break;
+                        }
                         case Trigger::connect:
                             break;
                     }
