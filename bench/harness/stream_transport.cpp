@@ -56,8 +56,6 @@ std::unique_ptr<StreamRun> make_run(const ChannelSpec& spec, bool parent) {
     options.ns = ns;
     options.data_ring_bytes = spec.ring_bytes;
     options.msg_buffer_size = capacity_msgs(spec);
-    options.spin_before_sleep = spec.mode == Mode::spin ? Duration(std::chrono::hours(1))
-                                                        : ActorOptions{}.spin_before_sleep;
     run->actor = std::make_unique<Actor>(parent ? "bp-" + rest : run->peer_name, options);
     return run;
 }
@@ -67,6 +65,9 @@ std::unique_ptr<StreamRun> make_run(const ChannelSpec& spec, bool parent) {
 void serve(StreamRun& run, Context& ctx) {
     StreamOptions options;
     options.on_full = OnFull::block;
+    // Spin mode: the stream's waits never sleep (the harness's thread has a CPU of its own);
+    // the actors' own threads keep the default watch, as in block mode.
+    if (run.spec.mode == Mode::spin) options.spin_before_sleep = Duration::max();
     MsgStream stream = ctx.open_stream(options);
     std::unique_lock lock(run.mu);
     run.stream = &stream;

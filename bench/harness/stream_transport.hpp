@@ -13,8 +13,10 @@
 // is destroyed; the stream is used from that thread meanwhile (a MsgStream belongs to one thread
 // at a time, and only that thread touches it).
 //
-// Modes set ActorOptions::spin_before_sleep: spin never sleeps (one hour), block uses the
-// library's default (50 us of watching, then a futex).
+// Modes set StreamOptions::spin_before_sleep: spin never sleeps (Duration::max(): the stream's
+// waits watch the ring busy, as the raw ring's busy_spin does), block uses the actor's default
+// (50 us of watching, then a futex). The actors' own threads keep the default in both modes: a
+// runtime thread that spun too would share the pinned CPU with the harness's thread.
 //
 // Thread-safety: one Sender and one Receiver per side, both on the harness's thread.
 #pragma once

@@ -82,7 +82,9 @@ struct ActorOptions {
     /// After activity, the control loop, idle endpoint threads and threads waiting on a
     /// context watch for the next event this long (yielding the CPU) before they sleep on a
     /// futex: a back-to-back exchange then never pays a wake-up (tens of microseconds on a
-    /// VM). An idle actor still uses no CPU. Zero: sleep at once (not negative).
+    /// VM). An idle actor still uses no CPU. Zero: sleep at once (not negative). A stream's
+    /// receive(), drain() and blocked send() watch their ring this long too, busy, unless
+    /// StreamOptions::spin_before_sleep says otherwise.
     Duration spin_before_sleep = std::chrono::microseconds(50);
     /// Liveness heartbeat period (positive); a peer whose heartbeat is older than
     /// `unresponsive_after` (longer than heartbeat_interval) is reported unresponsive (never

@@ -134,6 +134,12 @@ struct StreamOptions {
     /// receive() returns messages copied out of the ring (valid after the next receive; the
     /// ring slot is freed at once) instead of zero-copy views.
     bool copy_on_receive = false;
+    /// How long receive(), drain() and a send() blocked on a full ring watch the ring, busy
+    /// (pause instructions, no yield), before they sleep on a futex; unset: the actor's
+    /// ActorOptions::spin_before_sleep. While a reader watches, its sender pays no wake-up
+    /// check per message. Duration::max(): never sleep, for a thread on a core of its own
+    /// (the actor's own threads keep the actor's setting). Not negative (InvalidOperation).
+    std::optional<Duration> spin_before_sleep;
 };
 
 /// What try_send did. Never an exception; `send` turns the failures into errors.

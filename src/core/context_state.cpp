@@ -22,6 +22,10 @@ constexpr std::uint32_t kBlockTransport = 1U << 1;
 constexpr std::uint32_t kBlockPeerEnded = 1U << 2;
 constexpr std::uint32_t kBlockClosed = 1U << 3;
 
+/// A stream wait's blocking phase after its busy watch (watch_stream): a few re-checks that
+/// cover the switch of the ring's cell to block mode, then the futex.
+constexpr shm::WaitPolicy kAfterWatch{shm::WaitMode::block, 64};
+
 template <class T>
 const T* exception_as(const std::exception_ptr& e) noexcept {
     if (!e) return nullptr;
@@ -121,6 +125,29 @@ void ContextState::finish_scope_cancel(std::optional<Uid> canceller, std::string
 }
 
 void ContextState::help_link() noexcept { (void)core_->help_link(link_); }
+
+Duration ContextState::stream_spin() const noexcept {
+    const std::optional<Duration>& own = stream_options().spin_before_sleep;
+    return own ? *own : core_->options().spin_before_sleep;
+}
+
+template <class Ready>
+bool ContextState::watch_stream(Ready&& ready, const std::stop_token& stop,
+                                const Deadline& deadline) {
+    const Duration spin = stream_spin();
+    if (spin <= Duration::zero()) return false;
+    const Clock::time_point now = Clock::now();
+    // Saturating: Duration::max() (never sleep) must not overflow the clock.
+    const Clock::time_point watch_end =
+        spin < Clock::time_point::max() - now ? now + spin : Clock::time_point::max();
+    const Clock::time_point until = std::min(watch_end, deadline.at());
+    for (std::uint32_t looks = 1;; ++looks) {
+        if (ready()) return true;
+        // The clock and the stop token every 64th look: each costs about what a look does.
+        if ((looks & 63U) == 0 && (stop.stop_requested() || Clock::now() >= until)) return false;
+        shm::cpu_relax();
+    }
+}
 
 template <class Pred>
 bool ContextState::wait_locked(Lock& lock, Pred pred, const std::stop_token& stop,
@@ -723,6 +750,11 @@ void ContextState::open_stream(const StreamOptions& options) {
         throw InvalidOperation("started() must be called before opening a stream (context " +
                                cid_.to_string() + ")");
     }
+    if (options.spin_before_sleep && *options.spin_before_sleep < Duration::zero()) {
+        throw InvalidOperation("StreamOptions::spin_before_sleep is negative (" +
+                               std::to_string(options.spin_before_sleep->count()) +
+                               " ns) on context " + cid_.to_string());
+    }
     stream_opened_ = true;
     stream_options_ = std::make_unique<const StreamOptions>(options);
     if (in_) {
@@ -1054,6 +1086,19 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
         const std::stop_token stop = wait_token();
         bool ready = false;
         bool cancelled = false;
+        std::uint32_t looks = 0;
+        if (limit != OverrunLimit::spill_cap &&
+            watch_stream(
+                [&] {
+                    // The control ring every 64th look only, as in wait_inbound.
+                    return out.ring().has_space_for(max_bytes) ||
+                           ((++looks & 63U) != 0 ? changed() : changed_or_read());
+                },
+                stop, *block_deadline)) {
+            // Busy first, as in wait_inbound: space (or an event) came while we watched.
+            complete_scope_cancel();
+            continue;
+        }
         if (limit == OverrunLimit::spill_cap) {
             // `changed`, never `changed_or_read`: wait_spill evaluates it under the spill's
             // waiter mutex, which a record dispatched here for this context would take again
@@ -1068,7 +1113,7 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
             // [wake.storeload] fence orders it before the check as well.
             send_waiting_slot_.store(slot.index() + 1, std::memory_order::seq_cst);
             const shm::WaitStatus status = out.ring().wait_writable_or(
-                max_bytes, waiter, changed_or_read, *block_deadline, stop);
+                max_bytes, waiter, changed_or_read, *block_deadline, stop, kAfterWatch);
             // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load.
             send_waiting_slot_.store(0, std::memory_order::seq_cst);
             complete_scope_cancel();
@@ -1232,12 +1277,6 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
         throw_cancelled();
     }
     if (deadline.expired()) return false;
-    const BorrowedSlot slot(core_->slots());
-    shm::Waiter waiter(core_->wake_table(), slot.index());
-    // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
-    waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
-    // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it.
-    receiving_.store(true, std::memory_order::seq_cst);
     // cancel_pending(): a cancel requested before `seen` was read ([ctx.waiting] made us, or
     // the canceller thread, responsible for completing it; its notify() changes nothing here).
     const auto changed_now = [&] {
@@ -1256,11 +1295,27 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
         return changed_now();
     };
     const std::stop_token stop = raise ? wait_token() : std::stop_token{};
+    const bool in_ready = in_ready_.load(std::memory_order::acquire);  // [ctx.in]
+    // Busy first (watch_stream): no wake slot and no advertisement, and the ring's data cell
+    // stays busy_spin, so the sender's publishes skip their wake check while we watch. Not
+    // flagged as receiving_: a cancel meanwhile is posted to the canceller thread, and we see
+    // it as cancel_pending() and complete it too (both is harmless, [ctx.waiting]).
+    if (watch_stream([&] { return (in_ready && in_->has_unread()) || changed(); }, stop,
+                     deadline)) {
+        complete_scope_cancel();
+        return true;
+    }
+    const BorrowedSlot slot(core_->slots());
+    shm::Waiter waiter(core_->wake_table(), slot.index());
+    // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
+    waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
+    // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it.
+    receiving_.store(true, std::memory_order::seq_cst);
     shm::WaitStatus status = shm::WaitStatus::ready;
-    if (in_ready_.load(std::memory_order::acquire)) {  // [ctx.in]
-        status = in_->wait_readable_or(waiter, changed, deadline, stop);
+    if (in_ready) {
+        status = in_->wait_readable_or(waiter, changed, deadline, stop, kAfterWatch);
     } else {
-        status = waiter.wait(idle_cell_, changed, deadline, stop);
+        status = waiter.wait(idle_cell_, changed, deadline, stop, kAfterWatch);
     }
     // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load.
     receiving_.store(false, std::memory_order::seq_cst);

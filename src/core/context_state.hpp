@@ -194,6 +194,15 @@ private:
     /// `pred()`. Watches events_ for ActorOptions::spin_before_sleep before it sleeps on cv_.
     template <class Pred>
     bool wait_locked(Lock& lock, Pred pred, const std::stop_token& stop, Deadline deadline);
+    /// The busy first phase of a stream wait (receive, drain, a send blocked on a full ring):
+    /// watches `ready()` with pause instructions for stream_spin(), reading only what `ready`
+    /// reads, so the peer pays no wake-up check per message meanwhile. True iff `ready()`;
+    /// false once the watch ran out, `deadline` passed or `stop` was requested (the blocking
+    /// wait that follows then decides).
+    template <class Ready>
+    bool watch_stream(Ready&& ready, const std::stop_token& stop, const Deadline& deadline);
+    /// StreamOptions::spin_before_sleep, else ActorOptions::spin_before_sleep.
+    Duration stream_spin() const noexcept;
     /// The recorded remote error is the ctxc acknowledging our own cancel() (spec §3.3).
     bool remote_is_own_cancel_ack_locked() const;
     bool any_final_locked() const noexcept;

@@ -875,6 +875,24 @@ StreamOptions blocking(std::optional<Duration> timeout = std::nullopt) {
     return o;
 }
 
+// The waits' busy first phase (StreamOptions::spin_before_sleep): the actor's default watch,
+// none (sleep at once) and a watch that never ends (never sleep). Every wait must end the same
+// way whichever it is: on room or data, its timeout, a cancel.
+class StreamWatch : public StreamTest,
+                    public ::testing::WithParamInterface<std::optional<Duration>> {
+protected:
+    StreamOptions watching(StreamOptions o) const {
+        o.spin_before_sleep = GetParam();
+        return o;
+    }
+};
+INSTANTIATE_TEST_SUITE_P(Spin, StreamWatch,
+                         ::testing::Values(std::nullopt, Duration::zero(), Duration::max()),
+                         [](const auto& spin) -> std::string {
+                             if (!spin.param) return "ActorDefault";
+                             return *spin.param == Duration::zero() ? "SleepAtOnce" : "NeverSleep";
+                         });
+
 // A send into a full ring waits until the consumer reads, then succeeds; the consumer starts
 // reading only after the sender found the ring full (its full_events, read through the ring).
 TEST_F(StreamTest, BlockingSendWaitsForTheConsumerThenSucceeds) {
@@ -916,7 +934,7 @@ TEST_F(StreamTest, BlockingSendWaitsForTheConsumerThenSucceeds) {
 
 // block_timeout: a blocked send that gets no room in time raises StreamOverrun (limit
 // block_timeout), not before the timeout; the receiver is unaffected and reads what was sent.
-TEST_F(StreamTest, BlockingSendPastItsTimeoutRaisesStreamOverrun) {
+TEST_P(StreamWatch, BlockingSendPastItsTimeoutRaisesStreamOverrun) {
     constexpr auto kTimeout = 100ms;
     Actor parent("parent", options());
     Actor child("child", options());
@@ -938,7 +956,7 @@ TEST_F(StreamTest, BlockingSendPastItsTimeoutRaisesStreamOverrun) {
     Portal portal = parent.connect("child", kDeadline);
     auto r = portal.open_context("stuck", {}, [&](Context& ctx, const Payload&) {
         const ReleaseOnThrow guard(release);
-        auto stream = ctx.open_stream(blocking(kTimeout));
+        auto stream = ctx.open_stream(watching(blocking(kTimeout)));
         stream.send(seq_payload(0));
         const auto start = Clock::now();
         try {
@@ -958,13 +976,13 @@ TEST_F(StreamTest, BlockingSendPastItsTimeoutRaisesStreamOverrun) {
 
 // Cancelling the context while the child's send is blocked (the parent's ring is full and the
 // parent does not read) wakes the send with shmctx::Cancelled; the parent's cancel is absorbed.
-TEST_F(StreamTest, CancellingABlockedSendRaisesCancelled) {
+TEST_P(StreamWatch, CancellingABlockedSendRaisesCancelled) {
     Actor parent("parent", options());
     Actor child("child", options());
     std::atomic<bool> send_cancelled{false};
     child.expose("flood", [&](Context& ctx, const Payload&) -> Payload {
         ctx.started();
-        auto stream = ctx.open_stream(blocking());
+        auto stream = ctx.open_stream(watching(blocking()));
         try {
             for (std::uint64_t i = 0;; ++i) stream.send(seq_payload(i));
         } catch (const Cancelled&) {
@@ -986,6 +1004,97 @@ TEST_F(StreamTest, CancellingABlockedSendRaisesCancelled) {
         open_opts(false, 1));
     EXPECT_TRUE(r.outcome.is_absorbed_cancel());
     EXPECT_TRUE(send_cancelled.load()) << "the blocked send did not raise shmctx::Cancelled";
+}
+
+// A receive ends on data, receive_for on its timeout (not before), and a receive blocked with
+// nothing coming on the context's cancel, whichever the watch (the never-sleeping one checks
+// the deadline and the stop token as it spins).
+TEST_P(StreamWatch, ReceiveEndsOnDataOnItsTimeoutAndOnCancel) {
+    constexpr auto kTimeout = 30ms;
+    Actor parent("parent", options());
+    Actor child("child", options());
+    std::atomic<bool> waiting_last{false};
+    std::atomic<bool> receive_cancelled{false};
+    child.expose("watcher", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        auto stream = ctx.open_stream(watching({}));
+        if (seq_of(stream.receive()) != 7) throw std::runtime_error("not the message sent");
+        const auto start = Clock::now();
+        if (stream.receive_for(kTimeout)) throw std::runtime_error("a message nobody sent");
+        if (Clock::now() - start < kTimeout) throw std::runtime_error("receive_for ended early");
+        waiting_last = true;
+        try {
+            (void)stream.receive();
+        } catch (const Cancelled&) {
+            receive_cancelled = true;
+            throw;
+        }
+        throw std::runtime_error("the last receive returned");
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    auto r = portal.open_context("watcher", {}, [&](Context& ctx, const Payload&) {
+        auto stream = ctx.open_stream();
+        stream.send(seq_payload(7));
+        ASSERT_TRUE(test::wait_until([&] { return waiting_last.load(); }, kDeadline))
+            << "the child never got past its receive_for";
+        ctx.cancel(kDeadline);
+        EXPECT_TRUE(ctx.cancel_acked());
+    });
+    EXPECT_TRUE(r.outcome.is_absorbed_cancel());
+    EXPECT_TRUE(receive_cancelled.load()) << "the blocked receive did not raise Cancelled";
+}
+
+// Actor::cancel() from another thread ends a parent body's receive that waits for a child who
+// sends nothing, whichever the watch: the wait sees its scope's stop token.
+TEST_P(StreamWatch, ActorCancelEndsAWaitingReceive) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    child.expose("silent", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        test::until_cancelled(ctx, kDeadline);
+        return Payload{};
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    std::atomic<bool> receiving{false};
+    std::thread canceller([&] {
+        EXPECT_TRUE(test::wait_until([&] { return receiving.load(); }, kDeadline));
+        parent.cancel();
+    });
+    bool cancelled = false;
+    try {
+        (void)portal.open_context("silent", {}, [&](Context& ctx, const Payload&) {
+            auto stream = ctx.open_stream(watching({}));
+            receiving = true;
+            (void)stream.receive();
+            ADD_FAILURE() << "a receive with nothing sent returned";
+        });
+    } catch (const Cancelled&) {
+        cancelled = true;
+    }
+    canceller.join();
+    EXPECT_TRUE(cancelled) << "Actor::cancel() did not end the waiting receive";
+}
+
+TEST_F(StreamTest, NegativeSpinBeforeSleepIsInvalidOperation) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    child.expose("idle", [&](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        return Payload{};
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    bool refused = false;
+    (void)portal.open_context("idle", {}, [&](Context& ctx, const Payload&) {
+        StreamOptions o;
+        o.spin_before_sleep = Duration(-1);
+        try {
+            (void)ctx.open_stream(o);
+        } catch (const InvalidOperation& e) {
+            refused = std::string_view(e.what()).find("spin_before_sleep") != std::string::npos;
+        }
+    });
+    EXPECT_TRUE(refused) << "a negative watch was accepted or the error does not name it";
 }
 
 // The peer's Stop while our send is blocked ends the send with EndOfChannel (DESIGN.md §4.8).
