@@ -503,6 +503,10 @@ constexpr Entry kEntries[] = {
     entry<ShmctxStreamDrain>(
         {"shmctx-stream-drain", "shmctx MsgStream (actors, a context): send + drain(batch)"}, false,
         true),
+    entry<ShmctxStreamBatch>(
+        {"shmctx-stream-batch",
+         "shmctx MsgStream (actors, a context): send_many(batch) + drain(batch)"},
+        true, true),
     entry<MinimalRing>({"minimal", "minimal fixed-slot SPSC ring, publish per message"}, false,
                        false),
     entry<MinimalRing>({"minimal-batch", "minimal fixed-slot SPSC ring, publish per batch"}, true,

@@ -166,5 +166,6 @@ typename ShmctxStream<R>::Link ShmctxStream<R>::Link::open(const ChannelSpec& sp
 
 template struct ShmctxStream<StreamRead::receive>;
 template struct ShmctxStream<StreamRead::drain>;
+template struct ShmctxStream<StreamRead::batch>;
 
 }  // namespace shmctx::bench

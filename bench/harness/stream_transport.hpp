@@ -3,6 +3,9 @@
 //
 //   shmctx-stream        MsgStream::send + MsgStream::receive
 //   shmctx-stream-drain  MsgStream::send + MsgStream::drain(batch)
+//   shmctx-stream-batch  MsgStream::send_many(batch) + MsgStream::drain(batch): the sender
+//                        copies each message into a batch buffer and sends it when full (or
+//                        at flush(), which the round trips call after every message)
 //
 // Per run, each process is an Actor in the harness's namespace ("bp-<run>" in the parent,
 // "bq-<run>" in the peer). The peer exposes "bench"; the parent connects and opens the context
@@ -21,15 +24,18 @@
 // Thread-safety: one Sender and one Receiver per side, both on the harness's thread.
 #pragma once
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "shmctx/context.hpp"
 #include "transport.hpp"
 
 namespace shmctx::bench {
 
-enum class StreamRead : std::uint8_t { receive, drain };
+enum class StreamRead : std::uint8_t { receive, drain, batch };
 
 /// The actors, the context thread and the hand-over of the stream (stream_transport.cpp).
 struct StreamRun;
@@ -39,20 +45,45 @@ MsgStream& stream_of(StreamRun& run, const RunGuard& guard);
 
 template <StreamRead R>
 struct ShmctxStream {
-    static constexpr std::string_view kName =
-        R == StreamRead::receive ? "shmctx-stream" : "shmctx-stream-drain";
+    static constexpr std::string_view kName = R == StreamRead::receive ? "shmctx-stream"
+                                              : R == StreamRead::drain ? "shmctx-stream-drain"
+                                                                       : "shmctx-stream-batch";
 
     class Sender {
     public:
-        Sender(StreamRun* run, const ChannelSpec& spec) : run_(run), guard_(RunGuard::of(spec)) {}
-        void send(const std::byte* p, std::size_t n) {
-            stream_of(*run_, guard_).send(PayloadView(std::span<const std::byte>(p, n)));
+        Sender(StreamRun* run, const ChannelSpec& spec) : run_(run), guard_(RunGuard::of(spec)) {
+            if constexpr (R == StreamRead::batch) {
+                slot_bytes_ = spec.msg_bytes;
+                batch_ = std::max<std::size_t>(1, spec.batch);
+                buffer_.resize(slot_bytes_ * batch_);
+                views_.reserve(batch_);
+            }
         }
-        void flush() {}
+        void send(const std::byte* p, std::size_t n) {
+            if constexpr (R == StreamRead::batch) {
+                std::byte* slot = buffer_.data() + views_.size() * slot_bytes_;
+                std::memcpy(slot, p, std::min(n, slot_bytes_));
+                views_.emplace_back(std::span<const std::byte>(slot, std::min(n, slot_bytes_)));
+                if (views_.size() == batch_) flush();
+            } else {
+                stream_of(*run_, guard_).send(PayloadView(std::span<const std::byte>(p, n)));
+            }
+        }
+        void flush() {
+            if constexpr (R == StreamRead::batch) {
+                if (views_.empty()) return;
+                stream_of(*run_, guard_).send_many(views_);
+                views_.clear();
+            }
+        }
 
     private:
         StreamRun* run_;
         RunGuard guard_;
+        std::size_t slot_bytes_ = 0;  // batch: one message's room in buffer_
+        std::size_t batch_ = 1;
+        std::vector<std::byte> buffer_;
+        std::vector<PayloadView> views_;  // the messages in buffer_ not sent yet
     };
 
     class Receiver {
@@ -98,5 +129,6 @@ struct ShmctxStream {
 
 using ShmctxStreamReceive = ShmctxStream<StreamRead::receive>;
 using ShmctxStreamDrain = ShmctxStream<StreamRead::drain>;
+using ShmctxStreamBatch = ShmctxStream<StreamRead::batch>;
 
 }  // namespace shmctx::bench

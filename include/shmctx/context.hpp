@@ -245,6 +245,14 @@ public:
     /// StreamOverrun when the receiver's ring is full and it declared no overruns (or the spill
     /// cap or block timeout is reached). docs/semantics.md lists each condition.
     void send(PayloadView message);
+    /// Sends `messages` in order, as send() would each, but publishes the ones written straight
+    /// into the ring together: one tail store (and one wake check) per call instead of one per
+    /// message, so a receiver that keeps up no longer pulls the ring's tail line away from us
+    /// after every message (bench/README.md §3).
+    /// Before it waits for room, spills or raises, what it wrote is published. The errors are
+    /// send()'s, for the first message not sent; the ones before it were sent (and are
+    /// visible to the receiver). An empty span does nothing.
+    void send_many(std::span<const PayloadView> messages);
     /// Never blocks or throws: ok, spilled (queued behind earlier ones for a receiver that
     /// allows overruns), or why not (on_full is not applied: `full` instead).
     SendStatus try_send(PayloadView message) noexcept;

@@ -345,6 +345,10 @@ void MsgStream::send(PayloadView message) {
     (void)state("MsgStream::send").try_send(message, true);
 }
 
+void MsgStream::send_many(std::span<const PayloadView> messages) {
+    state("MsgStream::send_many").send_many(messages);
+}
+
 SendStatus MsgStream::try_send(PayloadView message) noexcept {
     if (!state_) return SendStatus::peer_error;  // send() raises InvalidOperation
     try {

@@ -942,7 +942,7 @@ std::optional<SendStatus> ContextState::send_blocked(bool raise) {
     return std::nullopt;
 }
 
-SendStatus ContextState::try_send(PayloadView message, bool raise) {
+SendStatus ContextState::try_send(PayloadView message, bool raise, shm::Publish publish) {
     struct Copy {
         std::span<const std::byte> bytes;
     } copy{message.bytes()};
@@ -951,10 +951,27 @@ SendStatus ContextState::try_send(PayloadView message, bool raise) {
         if (!c->bytes.empty()) std::memcpy(buffer.data(), c->bytes.data(), c->bytes.size());
         return c->bytes.size();
     };
-    return send(message.size_bytes(), message.kind(), FillRef{&copy, thunk}, raise);
+    return send(message.size_bytes(), message.kind(), FillRef{&copy, thunk}, raise, publish);
 }
 
-SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef fill, bool raise) {
+void ContextState::send_many(std::span<const PayloadView> messages) {
+    if (messages.empty()) return;
+    // Publishes what the direct path deferred, also when a send raises: the messages before
+    // the failing one count as sent. Only while our spill is empty does this thread hold the
+    // ring (rule 4, overflow.hpp); send() published before anything was spilled, so nothing is
+    // deferred otherwise.
+    struct Publisher {
+        ContextState& state;
+        ~Publisher() {
+            if (state.out_ && state.out_->spill_empty()) (void)state.out_->ring().publish();
+        }
+    } const publisher{*this};
+    for (const PayloadView& message : messages)
+        (void)try_send(message, true, shm::Publish::deferred);
+}
+
+SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef fill, bool raise,
+                              shm::Publish publish) {
     const std::uint16_t record_kind = data_kind(kind);
     std::optional<Deadline> block_deadline;  // on_full = block: fixed at the first wait
     for (;;) {
@@ -990,7 +1007,7 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
                 const std::size_t used = fill(claim.buffer);
                 // The fill threw: not committed; MsgStream rethrows its exception.
                 if (used == FillRef::kAbandoned) return SendStatus::closed;
-                r = ring.commit(claim, std::min(used, max_bytes), record_kind);
+                r = ring.commit(claim, std::min(used, max_bytes), record_kind, 0, publish);
                 if (r == shm::WriteResult::ok) {
                     (void)SHMCTX_FAULT_POINT("stream.after_commit");  // kill matrix: committed
                     return SendStatus::ok;
@@ -1017,6 +1034,10 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
                 std::rethrow_exception(error);
             }
         }
+        // Records this thread deferred (send_many) become visible before we spill, wait or
+        // raise: the receiver must be able to free the room we need, and the drainer must
+        // never take the ring while records of ours are unpublished.
+        if (!behind_spill && publish == shm::Publish::deferred) (void)out.ring().publish();
         // Full, or behind a spill. The receiver's declaration decides (DESIGN.md §4.2).
         OverrunLimit limit =
             r == shm::WriteResult::full_bytes ? OverrunLimit::bytes : OverrunLimit::messages;

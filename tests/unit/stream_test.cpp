@@ -1097,6 +1097,142 @@ TEST_F(StreamTest, NegativeSpinBeforeSleepIsInvalidOperation) {
     EXPECT_TRUE(refused) << "a negative watch was accepted or the error does not name it";
 }
 
+/// Messages first, first + 1, ... as seq_payloads, and views of them for send_many.
+struct SeqBatch {
+    std::vector<Bytes> storage;
+    std::vector<PayloadView> views;
+    SeqBatch(std::uint64_t first, std::size_t n) {
+        storage.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) storage.push_back(seq_payload(first + i));
+        for (const Bytes& b : storage) views.emplace_back(std::span<const std::byte>(b));
+    }
+};
+
+/// Reads the stream to its end; throws unless it is 0, 1, ... in order. Returns the count.
+std::int64_t read_in_order(MsgStream& stream) {
+    std::int64_t n = 0;
+    for (const auto& msg : stream) {
+        if (seq_of(msg) != static_cast<std::uint64_t>(n)) throw std::runtime_error("order");
+        ++n;
+    }
+    return n;
+}
+
+// send_many: every message arrives, in order, across batches of different sizes (one of them
+// empty, which sends nothing).
+TEST_F(StreamTest, SendManyArrivesInOrder) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    child.expose("reader", [](Context& ctx, const Payload&) -> Payload {
+        ctx.started();
+        auto stream = ctx.open_stream();
+        return Payload::value(read_in_order(stream));
+    });
+    Portal portal = parent.connect("child", kDeadline);
+    auto r = portal.open_context("reader", {}, [&](Context& ctx, const Payload&) {
+        auto stream = ctx.open_stream(blocking());
+        std::uint64_t next = 0;
+        for (const std::size_t n :
+             {std::size_t{1}, std::size_t{64}, std::size_t{0}, std::size_t{7}, std::size_t{300}}) {
+            const SeqBatch batch(next, n);
+            stream.send_many(batch.views);
+            next += n;
+        }
+        EXPECT_EQ(stream.outbound_counters().sent, next);
+    });
+    ASSERT_TRUE(r.outcome.has_value());
+    EXPECT_EQ(r.outcome.value().value<std::int64_t>(), 372);
+}
+
+// send_many into a 4-message ring nobody reads yet, on_full = raise: the four that fit are
+// sent (published, so the receiver gets them later), the fifth raises StreamOverrun.
+TEST_F(StreamTest, SendManyIntoAFullRingSendsWhatFitsThenRaisesStreamOverrun) {
+    Actor parent("parent", options());
+    Actor child("child", options());
+    Level release;
+    child.expose(
+        "late_reader",
+        [&](Context& ctx, const Payload&) -> Payload {
+            ctx.started();
+            auto stream = ctx.open_stream();
+            release.wait_in(ctx, 1);
+            return Payload::value(read_in_order(stream));
+        },
+        expose_opts(false, 4));
+    Portal portal = parent.connect("child", kDeadline);
+    auto r = portal.open_context("late_reader", {}, [&](Context& ctx, const Payload&) {
+        const ReleaseOnThrow guard(release);
+        auto stream = ctx.open_stream();
+        const SeqBatch batch(0, 10);
+        try {
+            stream.send_many(batch.views);
+            ADD_FAILURE() << "ten messages fit a four-message ring";
+        } catch (const StreamOverrun& e) {
+            EXPECT_EQ(e.limit(), OverrunLimit::messages);
+        }
+        EXPECT_EQ(stream.outbound_counters().sent, 4U);
+        release.add();
+    });
+    ASSERT_TRUE(r.outcome.has_value());
+    EXPECT_EQ(r.outcome.value().value<std::int64_t>(), 4);
+}
+
+// send_many to a receiver that allows overruns, through a one-message ring it reads only after
+// the call: the first message goes into the ring, the rest spill, and all arrive in order.
+// The record written straight into the ring must be published before the spill starts: the
+// drainer needs room that only the receiver's read of it can make.
+TEST_F(StreamTest, SendManySpillsBehindWhatItWroteAndKeepsOrder) {
+    constexpr std::size_t kItems = 200;
+    Actor parent("parent", options());
+    Actor child("child", options());
+    Level release;
+    child.expose(
+        "late_reader",
+        [&](Context& ctx, const Payload&) -> Payload {
+            ctx.started();
+            auto stream = ctx.open_stream();
+            release.wait_in(ctx, 1);
+            return Payload::value(read_in_order(stream));
+        },
+        expose_opts(true, 1));
+    Portal portal = parent.connect("child", kDeadline);
+    auto r = portal.open_context("late_reader", {}, [&](Context& ctx, const Payload&) {
+        const ReleaseOnThrow guard(release);
+        auto stream = ctx.open_stream();
+        const SeqBatch batch(0, kItems);
+        stream.send_many(batch.views);
+        EXPECT_GT(stream.outbound_counters().spilled, 0U) << "nothing spilled: no test";
+        release.add();
+    });
+    ASSERT_TRUE(r.outcome.has_value());
+    EXPECT_EQ(r.outcome.value().value<std::int64_t>(), static_cast<std::int64_t>(kItems));
+}
+
+// send_many with on_full = block into a two-message ring that the receiver reads slowly:
+// the call waits for room as often as needed and every message arrives in order.
+TEST_F(StreamTest, BlockingSendManyWaitsForRoomAsOftenAsNeeded) {
+    constexpr std::size_t kItems = 100;
+    Actor parent("parent", options());
+    Actor child("child", options());
+    child.expose(
+        "reader",
+        [](Context& ctx, const Payload&) -> Payload {
+            ctx.started();
+            auto stream = ctx.open_stream();
+            return Payload::value(read_in_order(stream));
+        },
+        expose_opts(false, 2));
+    Portal portal = parent.connect("child", kDeadline);
+    auto r = portal.open_context("reader", {}, [&](Context& ctx, const Payload&) {
+        auto stream = ctx.open_stream(blocking());
+        const SeqBatch batch(0, kItems);
+        stream.send_many(batch.views);
+        EXPECT_GT(stream.outbound_counters().full_events, 0U) << "never full: no test";
+    });
+    ASSERT_TRUE(r.outcome.has_value());
+    EXPECT_EQ(r.outcome.value().value<std::int64_t>(), static_cast<std::int64_t>(kItems));
+}
+
 // The peer's Stop while our send is blocked ends the send with EndOfChannel (DESIGN.md §4.8).
 TEST_F(StreamTest, ThePeersStopDuringABlockedSendRaisesEndOfChannel) {
     Actor parent("parent", options());
@@ -1576,6 +1712,10 @@ TEST_F(StreamTest, MovedFromStreamRaisesInvalidOperationFromEveryMember) {
         };
         raises("MsgStream::send", [&] { s.send("x"); });
         raises("MsgStream::send_with", [&] { s.send_with(1, fill); });
+        raises("MsgStream::send_many", [&] {
+            const PayloadView one("x");
+            s.send_many(std::span<const PayloadView>(&one, 1));
+        });
         raises("MsgStream::receive", [&] { (void)s.receive(); });
         raises("MsgStream::receive_for", [&] { (void)s.receive_for(1ms); });
         raises("MsgStream::drain", [&] { (void)s.drain([](const Message&) {}, 1); });
