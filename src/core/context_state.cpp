@@ -1107,19 +1107,6 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
         const std::stop_token stop = wait_token();
         bool ready = false;
         bool cancelled = false;
-        std::uint32_t looks = 0;
-        if (limit != OverrunLimit::spill_cap &&
-            watch_stream(
-                [&] {
-                    // The control ring every 64th look only, as in wait_inbound.
-                    return out.ring().has_space_for(max_bytes) ||
-                           ((++looks & 63U) != 0 ? changed() : changed_or_read());
-                },
-                stop, *block_deadline)) {
-            // Busy first, as in wait_inbound: space (or an event) came while we watched.
-            complete_scope_cancel();
-            continue;
-        }
         if (limit == OverrunLimit::spill_cap) {
             // `changed`, never `changed_or_read`: wait_spill evaluates it under the spill's
             // waiter mutex, which a record dispatched here for this context would take again
@@ -1133,8 +1120,16 @@ SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef f
             // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it; the Waiter's
             // [wake.storeload] fence orders it before the check as well.
             send_waiting_slot_.store(slot.index() + 1, std::memory_order::seq_cst);
-            const shm::WaitStatus status = out.ring().wait_writable_or(
-                max_bytes, waiter, changed_or_read, *block_deadline, stop, kAfterWatch);
+            // Busy first, as in wait_inbound. The control ring at every look (wait_inbound
+            // looks every 64th): nothing flows while the ring is full, and a cancel request is
+            // what this wait most likely ends on.
+            shm::WaitStatus status = shm::WaitStatus::ready;
+            if (!watch_stream(
+                    [&] { return out.ring().has_space_for(max_bytes) || changed_or_read(); }, stop,
+                    *block_deadline)) {
+                status = out.ring().wait_writable_or(max_bytes, waiter, changed_or_read,
+                                                     *block_deadline, stop, kAfterWatch);
+            }
             // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load.
             send_waiting_slot_.store(0, std::memory_order::seq_cst);
             complete_scope_cancel();
@@ -1317,26 +1312,24 @@ bool ContextState::wait_inbound(std::uint32_t seen, const Deadline& deadline, bo
     };
     const std::stop_token stop = raise ? wait_token() : std::stop_token{};
     const bool in_ready = in_ready_.load(std::memory_order::acquire);  // [ctx.in]
-    // Busy first (watch_stream): no wake slot and no advertisement, and the ring's data cell
-    // stays busy_spin, so the sender's publishes skip their wake check while we watch. Not
-    // flagged as receiving_: a cancel meanwhile is posted to the canceller thread, and we see
-    // it as cancel_pending() and complete it too (both is harmless, [ctx.waiting]).
-    if (watch_stream([&] { return (in_ready && in_->has_unread()) || changed(); }, stop,
-                     deadline)) {
-        complete_scope_cancel();
-        return true;
-    }
     const BorrowedSlot slot(core_->slots());
     shm::Waiter waiter(core_->wake_table(), slot.index());
-    // relaxed: ordered before the check by the Waiter's [wake.storeload] fence.
+    // relaxed: ordered before the check by the Waiter's [wake.storeload] fence (and read by
+    // notify() only to ring us, which the busy watch below does not need).
     waiting_slot_.store(slot.index() + 1, std::memory_order::relaxed);
-    // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it.
+    // seq_cst: [ctx.waiting] (finish_scope_cancel) reads it; it also says "receiving" to
+    // on_error's step 3 for the whole wait, the busy watch included.
     receiving_.store(true, std::memory_order::seq_cst);
     shm::WaitStatus status = shm::WaitStatus::ready;
-    if (in_ready) {
-        status = in_->wait_readable_or(waiter, changed, deadline, stop, kAfterWatch);
-    } else {
-        status = waiter.wait(idle_cell_, changed, deadline, stop, kAfterWatch);
+    // Busy first (watch_stream): the ring's data cell stays busy_spin, so the sender's
+    // publishes skip their [wake.storeload] fence and wake check while we watch.
+    if (!watch_stream([&] { return (in_ready && in_->has_unread()) || changed(); }, stop,
+                      deadline)) {
+        if (in_ready) {
+            status = in_->wait_readable_or(waiter, changed, deadline, stop, kAfterWatch);
+        } else {
+            status = waiter.wait(idle_cell_, changed, deadline, stop, kAfterWatch);
+        }
     }
     // [ctx.waiting] seq_cst store, then complete_scope_cancel()'s seq_cst load.
     receiving_.store(false, std::memory_order::seq_cst);

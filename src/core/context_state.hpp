@@ -202,9 +202,10 @@ private:
     bool wait_locked(Lock& lock, Pred pred, const std::stop_token& stop, Deadline deadline);
     /// The busy first phase of a stream wait (receive, drain, a send blocked on a full ring):
     /// watches `ready()` with pause instructions for stream_spin(), reading only what `ready`
-    /// reads, so the peer pays no wake-up check per message meanwhile. True iff `ready()`;
-    /// false once the watch ran out, `deadline` passed or `stop` was requested (the blocking
-    /// wait that follows then decides).
+    /// reads (the ring's cell stays busy_spin), so the peer pays no wake-up check per message
+    /// meanwhile. The caller sets its [ctx.waiting] flag first, as for the blocking wait. True iff
+    /// `ready()`; false once the watch ran out, `deadline` passed or `stop` was requested (the
+    /// blocking wait that follows then decides).
     template <class Ready>
     bool watch_stream(Ready&& ready, const std::stop_token& stop, const Deadline& deadline);
     /// StreamOptions::spin_before_sleep, else ActorOptions::spin_before_sleep.
