@@ -96,7 +96,7 @@ using namespace std::chrono_literals;
 
 constexpr std::string_view kServerFlag = "--context-server";
 /// started(args), then returns args + 1.
-constexpr std::string_view kEndpoint = "echo";
+constexpr std::string_view kEndpoint = kEchoEndpoint;
 /// Returns args + 1 without started(): the plain one-shot RPC.
 constexpr std::string_view kPlainEndpoint = "echo_plain";
 /// Bar of issue #4: open_context p50 <= this × the ring's block-mode p50.
@@ -275,14 +275,6 @@ ActorOptions actor_options(const std::string& ns, long spin_us) {
     return o;
 }
 
-/// The echo endpoints' result: the argument's successor (DecodeError if it is no integer).
-Payload successor(const Payload& in) {
-    const auto v = in.value<std::int64_t>();
-    if (v == std::numeric_limits<std::int64_t>::max())
-        throw std::out_of_range("echo: argument has no successor");
-    return Payload::value(v + 1);
-}
-
 void say(const std::string& line) {
     std::fputs((line + "\n").c_str(), stdout);
     std::fflush(stdout);
@@ -317,14 +309,9 @@ int server_main(std::span<const std::string_view> args) {
             throw std::runtime_error("parent already gone");
         pin_to(cpu);  // before the actor exists: every thread it starts inherits the CPU
         Actor actor(name, actor_options(ns, spin_us));
-        actor.expose(std::string(kEndpoint), [](Context& ctx, const Payload& in) {
-            const Payload out = successor(in);
-            ctx.started(in);
-            return out;
-        });
         actor.expose(std::string(kPlainEndpoint),
                      [](Context&, const Payload& in) { return successor(in); });
-        expose_cancel_endpoints(actor);  // "park", "park_full" (bench/harness/cancel.hpp)
+        expose_cancel_endpoints(actor);  // "echo", "park", "park_full" (bench/harness/cancel.hpp)
         say("ready");
         char buf[64];
         while (std::fgets(buf, sizeof buf, stdin) != nullptr) {
@@ -464,24 +451,6 @@ private:
 
 // ---- measurements ----
 
-/// One open_context round trip with argument `tag`; checks the started value and the result
-/// (CheckFailed, the harness's "a failed check"). Returns its latency.
-Clock::duration open_context_once(Portal& portal, std::int64_t tag) {
-    const Payload args = Payload::value(tag);
-    const auto t0 = Clock::now();
-    auto r = portal.open_context(kEndpoint, args, [tag](Context&, const Payload& first) {
-        return first.value<std::int64_t>() == tag ? 0 : 1;
-    });
-    const auto t1 = Clock::now();
-    if (!r.value || *r.value != 0)
-        throw CheckFailed("open_context: started value is not the argument " + std::to_string(tag));
-    const std::int64_t got = r.outcome.value().value<std::int64_t>();  // rethrows a remote error
-    if (got != tag + 1)
-        throw CheckFailed("open_context: result " + std::to_string(got) + ", expected " +
-                          std::to_string(tag + 1));
-    return t1 - t0;
-}
-
 /// One Portal::run round trip of `fn` with argument `tag`; checks the result. Returns its
 /// latency.
 Clock::duration run_once(Portal& portal, std::string_view fn, std::int64_t tag, Duration timeout) {
@@ -534,7 +503,7 @@ std::vector<std::uint32_t> measure(Kind kind, Portal& portal, std::size_t n, std
         Clock::duration d{};
         switch (kind) {
             case Kind::open_context:
-                d = open_context_once(portal, tag);
+                d = context_round_trip_once(portal, tag);
                 break;
             case Kind::run:
                 d = run_once(portal, kEndpoint, tag, stall);

@@ -23,6 +23,7 @@ using namespace std::chrono_literals;
 int actor_server_main(std::span<const std::string_view> args, std::string_view what,
                       const std::function<void(Actor&)>& expose) {
     std::string ns, name;
+    int cpu = -1;
     try {
         ActorOptions o;
         for (std::size_t i = 2; i + 1 < args.size(); i += 2) {
@@ -32,6 +33,8 @@ int actor_server_main(std::span<const std::string_view> args, std::string_view w
                 name = std::string(args[i + 1]);
             } else if (args[i] == "--ring-bytes") {
                 o.data_ring_bytes = static_cast<std::size_t>(std::stoull(std::string(args[i + 1])));
+            } else if (args[i] == "--cpu") {
+                cpu = std::stoi(std::string(args[i + 1]));
             } else {
                 throw std::invalid_argument("unknown argument " + std::string(args[i]));
             }
@@ -41,6 +44,7 @@ int actor_server_main(std::span<const std::string_view> args, std::string_view w
         if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() == 1)
             throw std::runtime_error("parent already gone");
         o.ns = ns;
+        pin_to(cpu);  // before the actor exists: every thread it starts inherits the CPU
         Actor actor(name, o);
         expose(actor);
         std::cout << "ready" << std::endl;
@@ -57,17 +61,20 @@ int actor_server_main(std::span<const std::string_view> args, std::string_view w
 }
 
 void with_actor_server(std::string_view role, const std::string& ns, std::size_t ring_bytes,
-                       std::ostream& progress, const std::function<void(Portal&)>& body) {
+                       std::ostream& progress, const std::function<void(Portal&)>& body,
+                       int client_cpu, int server_cpu) {
     const std::string server_name = std::string(role);
     const auto measure = [&] {
         Peer server = Peer::spawn({"--role", std::string(role), "--ns", ns, "--name", server_name,
-                                   "--ring-bytes", std::to_string(ring_bytes)});
+                                   "--ring-bytes", std::to_string(ring_bytes), "--cpu",
+                                   std::to_string(server_cpu)});
         if (const std::string line = server.read_line(Deadline(10s)); line != "ready")
             throw std::runtime_error(server_name + ": expected \"ready\", got \"" + line + "\"");
         try {
             ActorOptions o;
             o.ns = ns;
             o.data_ring_bytes = ring_bytes;
+            const AffinityScope pinned(client_cpu);  // outlives the client and its threads
             Actor client(server_name + "-client", o);
             Portal portal = client.connect(server_name, 10s);
             body(portal);

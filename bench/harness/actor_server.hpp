@@ -28,7 +28,11 @@ int actor_server_main(std::span<const std::string_view> args, std::string_view w
 /// killed, the namespace swept (shm::reclaim_stale: a dead server cannot remove its objects;
 /// the namespace must hold only this test's actors) and the error rethrown with the server's
 /// fate.
+/// `client_cpu`/`server_cpu` >= 0 pin the client actor (the calling thread, while the client
+/// exists: its threads inherit the mask; the caller's mask is restored after) and the server
+/// process (before its actor exists).
 void with_actor_server(std::string_view role, const std::string& ns, std::size_t ring_bytes,
-                       std::ostream& progress, const std::function<void(Portal&)>& body);
+                       std::ostream& progress, const std::function<void(Portal&)>& body,
+                       int client_cpu = -1, int server_cpu = -1);
 
 }  // namespace shmctx::bench

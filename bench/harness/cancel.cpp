@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -28,7 +29,35 @@ constexpr std::size_t kFillBytes = 64;
 
 }  // namespace
 
+Payload successor(const Payload& in) {
+    const auto v = in.value<std::int64_t>();
+    if (v == std::numeric_limits<std::int64_t>::max())
+        throw std::out_of_range("echo: argument has no successor");
+    return Payload::value(v + 1);
+}
+
+Clock::duration context_round_trip_once(Portal& portal, std::int64_t tag) {
+    const Payload args = Payload::value(tag);
+    const auto t0 = Clock::now();
+    auto r = portal.open_context(kEchoEndpoint, args, [tag](Context&, const Payload& first) {
+        return first.value<std::int64_t>() == tag ? 0 : 1;
+    });
+    const auto t1 = Clock::now();
+    if (!r.value || *r.value != 0)
+        throw CheckFailed("open_context: started value is not the argument " + std::to_string(tag));
+    const std::int64_t got = r.outcome.value().value<std::int64_t>();  // rethrows a remote error
+    if (got != tag + 1)
+        throw CheckFailed("open_context: result " + std::to_string(got) + ", expected " +
+                          std::to_string(tag + 1));
+    return t1 - t0;
+}
+
 void expose_cancel_endpoints(Actor& actor) {
+    actor.expose(std::string(kEchoEndpoint), [](Context& ctx, const Payload& in) {
+        const Payload out = successor(in);
+        ctx.started(in);
+        return out;
+    });
     actor.expose(std::string(kParkEndpoint), [](Context& ctx, const Payload& in) -> Payload {
         ctx.started(in);
         MsgStream stream = ctx.open_stream();
@@ -160,8 +189,20 @@ CancelResult run_cancel(const CancelOptions& options, const std::string& ns,
     CancelResult result;
     result.options = options;
     with_actor_server(
-        kCancelServerRole, ns, ActorOptions{}.data_ring_bytes, progress, [&](Portal& portal) {
+        kCancelServerRole, ns, ActorOptions{}.data_ring_bytes, progress,
+        [&](Portal& portal) {
             std::int64_t tag = 0;
+            {
+                for (std::size_t i = 0; i < options.warmup; ++i)
+                    (void)context_round_trip_once(portal, tag++);
+                std::vector<std::uint32_t> samples;
+                samples.reserve(options.iterations);
+                for (std::size_t i = 0; i < options.iterations; ++i)
+                    samples.push_back(saturated_ns(context_round_trip_once(portal, tag++)));
+                result.context = percentiles_of(samples);
+                progress << "context round trip: p50 " << format_ns(result.context.p50) << "\n"
+                         << std::flush;
+            }
             for (const bool full : {false, true}) {
                 for (std::size_t i = 0; i < options.warmup; ++i)
                     (void)cancel_once(portal, full, tag++, options.stall, options.cancel_after);
@@ -176,7 +217,8 @@ CancelResult run_cancel(const CancelOptions& options, const std::string& ns,
                          << "\n"
                          << std::flush;
             }
-        });
+        },
+        options.client_cpu, options.server_cpu);
     return result;
 }
 

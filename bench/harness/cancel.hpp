@@ -28,12 +28,24 @@ namespace shmctx::bench {
 inline constexpr std::string_view kCancelServerRole = "cancel-server";
 int cancel_server_main(std::span<const std::string_view> args);
 
+/// ctx.started(args), then returns args + 1 (the context round trip: open, Start, Started,
+/// Return).
+inline constexpr std::string_view kEchoEndpoint = "echo";
 /// started(args), opens its stream, blocks in receive(): only a cancel ends it.
 inline constexpr std::string_view kParkEndpoint = "park";
 /// started(args), opens its stream (on_full = block), fills the parent's inbound ring with
 /// try_send, then blocks in send(): only a cancel ends it.
 inline constexpr std::string_view kParkFullEndpoint = "park_full";
+/// Exposes echo, park and park_full.
 void expose_cancel_endpoints(Actor& actor);
+
+/// The echo endpoints' result: the argument's successor (DecodeError if it is no integer).
+Payload successor(const Payload& in);
+
+/// One context round trip: open_context on "echo" with argument `tag` and an empty body, timed
+/// from the call to its return. Throws CheckFailed unless the started value is `tag` and the
+/// result `tag + 1`. Returns its latency.
+Clock::duration context_round_trip_once(Portal& portal, std::int64_t tag);
 
 /// One cancel of a parked child: open_context on "park" or (`full`) "park_full" with argument
 /// `tag`; in the body, for park_full both data rings are filled first (fill_both_rings), then
@@ -51,8 +63,8 @@ void fill_both_rings(Context& ctx, MsgStream& stream, Duration stall);
 std::string describe(const shm::RingCounters& c);
 
 /// Spawns a cancel server in namespace `ns`, runs options.warmup then options.iterations
-/// cancels of each kind against it, stops it. Every object of `ns` is gone afterwards, also
-/// when it fails.
+/// context round trips and cancels of each kind against it, stops it. Every object of `ns` is gone
+/// afterwards, also when it fails.
 CancelResult run_cancel(const CancelOptions& options, const std::string& ns,
                         std::ostream& progress);
 

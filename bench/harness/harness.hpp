@@ -67,6 +67,10 @@ struct CancelOptions {
     std::size_t warmup = 200;                   ///< untimed, of each kind, first
     std::chrono::microseconds cancel_after{0};  ///< idle in the parked state before cancel()
     std::chrono::seconds stall{30};             ///< park_full: rings not full after this fails
+    /// Pinning like the ring tests (every thread of each process on one CPU), so the ratios to
+    /// the ring's round trip compare like with like; -1: left to the scheduler. Set by run().
+    int client_cpu = -1;
+    int server_cpu = -1;
 };
 
 struct Options {
@@ -214,8 +218,9 @@ struct SpillResult {
 /// The cancel test's figures (bench/harness/cancel.cpp): ctx.cancel() timed alone.
 struct CancelResult {
     CancelOptions options;
-    RoundTripRun park;  ///< child blocked in receive()
-    RoundTripRun full;  ///< child blocked in send(), both data rings full
+    RoundTripRun context;  ///< open_context on "echo": open, Start, Started, Return
+    RoundTripRun park;     ///< child blocked in receive()
+    RoundTripRun full;     ///< child blocked in send(), both data rings full
 };
 
 struct Report {

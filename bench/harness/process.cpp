@@ -227,6 +227,15 @@ void pin_to(int cpu) {
         fail("sched_setaffinity cpu " + std::to_string(cpu));
 }
 
+AffinityScope::AffinityScope(int cpu) {
+    saved_ = ::sched_getaffinity(0, sizeof mask_, &mask_) == 0;
+    pin_to(cpu);
+}
+
+void AffinityScope::restore() const noexcept {
+    if (saved_) (void)::sched_setaffinity(0, sizeof mask_, &mask_);
+}
+
 Placement choose_placement(const std::vector<int>& requested) {
     Placement p;
     std::vector<int> allowed;

@@ -7,6 +7,7 @@
 // Thread-safety: Peer is single thread; free functions are thread-safe.
 #pragma once
 
+#include <sched.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -85,6 +86,22 @@ struct Placement {
 Placement choose_placement(const std::vector<int>& requested);
 /// Pins the calling process to `cpu` (no-op for -1); throws SystemError on failure.
 void pin_to(int cpu);
+
+/// The calling thread's CPU mask at construction, given back by restore() and at destruction;
+/// pins the thread to `cpu` meanwhile (pin_to; -1 only saves). Threads started meanwhile
+/// inherit the pinning. Thread-safety: the constructing thread only.
+class AffinityScope {
+public:
+    explicit AffinityScope(int cpu = -1);
+    AffinityScope(const AffinityScope&) = delete;
+    AffinityScope& operator=(const AffinityScope&) = delete;
+    ~AffinityScope() { restore(); }
+    void restore() const noexcept;
+
+private:
+    cpu_set_t mask_{};
+    bool saved_ = false;
+};
 
 /// CPU model from /proc/cpuinfo ("unknown" if absent).
 std::string cpu_model();

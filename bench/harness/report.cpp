@@ -231,17 +231,19 @@ void print_spill(const SpillResult& s, std::ostream& out) {
 
 void print_cancel(const CancelResult& c, std::ostream& out) {
     char line[256];
-    out << "\ncancel latency: ctx.cancel() to its return with the ctxc recorded, "
-        << c.options.iterations << " cancels of each kind";
+    out << "\ncontext round trip (open_context on echo: open, Start, Started, Return) and cancel "
+           "latency (ctx.cancel() to its return with the ctxc recorded), "
+        << c.options.iterations << " of each kind";
     if (c.options.cancel_after.count() > 0)
         out << ", " << c.options.cancel_after.count() << " us after the parked state";
     out << "\n";
-    std::snprintf(line, sizeof line, "  %-34s %9s %9s %9s %9s %9s\n", "child", "p50", "p90", "p99",
+    std::snprintf(line, sizeof line, "  %-34s %9s %9s %9s %9s %9s\n", "call", "p50", "p90", "p99",
                   "p99.9", "max");
     out << line;
     for (const auto& [what, r] :
-         {std::pair<const char*, const RoundTripRun*>{"parked in receive()", &c.park},
-          {"blocked in send(), both rings full", &c.full}}) {
+         {std::pair<const char*, const RoundTripRun*>{"context round trip", &c.context},
+          {"cancel: parked in receive()", &c.park},
+          {"cancel: in send(), both rings full", &c.full}}) {
         std::snprintf(line, sizeof line, "  %-34s %9s %9s %9s %9s %9s\n", what, dur(r->p50).c_str(),
                       dur(r->p90).c_str(), dur(r->p99).c_str(), dur(r->p999).c_str(),
                       dur(r->max).c_str());
@@ -308,7 +310,8 @@ std::vector<TargetCheck> check_targets(const Report& r) {
     // the public stream API, against each peer of the same batch.
     for (const auto& [variant, info] : {std::pair<std::string_view, bool>{"shmctx-batch", false},
                                         {"shmctx-drain", true},
-                                        {"shmctx-stream", true}}) {
+                                        {"shmctx-stream", true},
+                                        {"shmctx-stream-batch", true}}) {
         const Cell* ours = find_cell(r, Test::throughput, Mode::spin, 64, variant);
         for (const auto& [peer, target] :
              {std::pair<std::string_view, double>{"zmq", 10.0}, {"iceoryx", 20.0}}) {
@@ -343,10 +346,22 @@ std::vector<TargetCheck> check_targets(const Report& r) {
     if (fixed_p999(10'000) > 0)
         add("fixed rate p99.9 spin: shmctx 1M/s / 10k/s",
             fixed_p999(1'000'000) / fixed_p999(10'000), 2.0, false);
+    // Context round trip and cancel latency against the ring's blocking round trip. The cancel
+    // test runs its actors with the library's defaults (blocking mode).
+    if (r.cancel && rtt_b != nullptr && median_p50(*rtt_b) > 0) {
+        const double ring = median_p50(*rtt_b);
+        add("context round trip p50 / ring round trip p50 64 B block", r.cancel->context.p50 / ring,
+            6.0, false);
+        add("cancel p50 (parked in receive) / ring round trip p50 block", r.cancel->park.p50 / ring,
+            4.0, false);
+        add("cancel p50 (both rings full) / ring round trip p50 block", r.cancel->full.p50 / ring,
+            4.0, false);
+    }
     // Spill: send() while spilling (ns), and nothing lost.
     if (r.spill && r.spill->send_spilling.samples > 0)
         add("spill: try_send p99.9 while spilling, us", r.spill->send_spilling.p999 / 1000.0, 5.0,
             false);
+    if (r.spill) add("spill: messages lost", static_cast<double>(r.spill->lost), 0.0, false);
     return out;
 }
 
@@ -568,6 +583,7 @@ void write_json(const Report& r, const std::string& path) {
     if (r.cancel) {
         j << "{\"iterations\": " << r.cancel->options.iterations
           << ", \"cancel_after_us\": " << r.cancel->options.cancel_after.count()
+          << ", \"context\": " << rtt_json(r.cancel->context)
           << ", \"park\": " << rtt_json(r.cancel->park)
           << ", \"full\": " << rtt_json(r.cancel->full) << "}";
     } else {

@@ -566,23 +566,6 @@ void remove_stale_objects(const shm::Names& ours) {
     }
 }
 
-/// The calling thread's CPU mask at construction, given back at destruction (run() pins the
-/// thread for the transport tests; the actor tests and the caller get the mask back).
-class AffinityRestorer {
-public:
-    AffinityRestorer() { ok_ = ::sched_getaffinity(0, sizeof mask_, &mask_) == 0; }
-    AffinityRestorer(const AffinityRestorer&) = delete;
-    AffinityRestorer& operator=(const AffinityRestorer&) = delete;
-    ~AffinityRestorer() { restore(); }
-    void restore() const noexcept {
-        if (ok_) (void)::sched_setaffinity(0, sizeof mask_, &mask_);
-    }
-
-private:
-    cpu_set_t mask_{};
-    bool ok_ = false;
-};
-
 std::string utc_now() {
     const std::time_t t = std::time(nullptr);
     std::tm tm{};
@@ -620,7 +603,7 @@ Report run(const Options& options, std::ostream& progress) {
         for (const auto& name : options.transports) selected.push_back(&find_entry(name));
     }
 
-    const AffinityRestorer affinity;
+    const AffinityScope affinity;  // run() pins this thread for the transport tests
     Report report;
     report.options = options;
     report.commit = git_commit(SHMCTX_BENCH_SOURCE_DIR);
@@ -768,8 +751,9 @@ Report run(const Options& options, std::ostream& progress) {
         }
         progress << "idle: done\n" << std::flush;
     }
-    // The actor tests run where the scheduler puts them: the runtime's threads inherit the
-    // calling thread's mask, which gets its pinning undone here.
+    // The actor tests get the caller's mask back: the spill test runs where the scheduler
+    // puts it (it pins its consumer's thread itself), the cancel test pins client and server
+    // like the ring tests (CancelOptions), for its ratios to the ring's round trip.
     affinity.restore();
     const std::string actor_ns = names.ns();
     if (has(Test::spill)) {
@@ -784,7 +768,10 @@ Report run(const Options& options, std::ostream& progress) {
     if (has(Test::cancel)) {
         check_stop();
         try {
-            report.cancel = run_cancel(options.cancel, actor_ns + "-cancel", progress);
+            CancelOptions cancel = options.cancel;
+            cancel.client_cpu = report.placement.parent_cpu;
+            cancel.server_cpu = report.placement.peer_cpu;
+            report.cancel = run_cancel(cancel, actor_ns + "-cancel", progress);
         } catch (const std::exception& e) {
             throw std::runtime_error(std::string("cancel test: ") + e.what());
         }

@@ -47,19 +47,7 @@ void busy_wait(Clock::time_point until) {
 /// (the next context may run on it).
 Payload sink(Context& ctx, const Payload& in) {
     const SinkArgs args = SinkArgs::decode(in.value<std::string>());
-    cpu_set_t before;
-    const bool restore = args.cpu >= 0 && ::sched_getaffinity(0, sizeof before, &before) == 0;
-    struct Unpin {
-        bool on;
-        cpu_set_t* mask;
-        Unpin(bool o, cpu_set_t* m) : on(o), mask(m) {}
-        Unpin(const Unpin&) = delete;
-        Unpin& operator=(const Unpin&) = delete;
-        ~Unpin() {
-            if (on) (void)::sched_setaffinity(0, sizeof *mask, mask);
-        }
-    } unpin{restore, &before};
-    pin_to(args.cpu);  // this thread (sched_setaffinity of the caller); no-op for -1
+    const AffinityScope pinned(args.cpu);  // this thread; no-op for -1
     ctx.started();
     MsgStream stream = ctx.open_stream();
     std::uint64_t next = 0;
