@@ -966,8 +966,28 @@ void ContextState::send_many(std::span<const PayloadView> messages) {
             if (state.out_ && state.out_->spill_empty()) (void)state.out_->ring().publish();
         }
     } const publisher{*this};
-    for (const PayloadView& message : messages)
-        (void)try_send(message, true, shm::Publish::deferred);
+    std::size_t next = 0;
+    // The batch is one call: what stops a send (an error, the peer's end, our cancel) is
+    // checked once here; a message after that takes the general path only when the ring has
+    // no room, is spilling or the message is too large, and that path checks again.
+    if (!send_blocked(true) && out_ && out_->spill_empty()) {
+        shm::RingWriter& ring = out_->ring();
+        for (; next < messages.size(); ++next) {
+            const PayloadView& m = messages[next];
+            const std::span<const std::byte> bytes = m.bytes();
+            if (bytes.size() > ring.max_payload_bytes()) break;
+            const shm::RingClaim claim = ring.try_claim(bytes.size());
+            if (!claim.ok()) break;
+            if (!bytes.empty()) std::memcpy(claim.buffer.data(), bytes.data(), bytes.size());
+            // A deferred commit fails only on a ring already broken, before it writes: the
+            // general path below reports it for this message.
+            if (ring.commit(claim, bytes.size(), data_kind(m.kind()), 0, shm::Publish::deferred) !=
+                shm::WriteResult::ok)
+                break;
+        }
+    }
+    for (; next < messages.size(); ++next)
+        (void)try_send(messages[next], true, shm::Publish::deferred);
 }
 
 SendStatus ContextState::send(std::size_t max_bytes, PayloadKind kind, FillRef fill, bool raise,

@@ -1139,6 +1139,10 @@ TEST_F(StreamTest, SendManyArrivesInOrder) {
             next += n;
         }
         EXPECT_EQ(stream.outbound_counters().sent, next);
+        stream.close();
+        const SeqBatch late(next, 3);
+        EXPECT_THROW(stream.send_many(late.views), EndOfChannel) << "a batch after close()";
+        EXPECT_EQ(stream.outbound_counters().sent, next);
     });
     ASSERT_TRUE(r.outcome.has_value());
     EXPECT_EQ(r.outcome.value().value<std::int64_t>(), 372);
