@@ -1,16 +1,12 @@
 // The harness's SVG report (harness.hpp write_svg): the fixed-rate latency percentile curves
 // and the spill depth over time, drawn with the SVG writer (svg.hpp).
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "harness.hpp"
-#include "shmctx/errors.hpp"
 #include "svg.hpp"
 
 namespace shmctx::bench {
@@ -266,11 +262,6 @@ std::string render_svg(const Report& r) {
     return d.str();
 }
 
-void write_svg(const Report& r, const std::string& path) {
-    std::ofstream f(path, std::ios::trunc);
-    f << render_svg(r);
-    f.close();
-    if (!f) throw SystemError("cannot write " + path + ": " + std::strerror(errno));
-}
+void write_svg(const Report& r, const std::string& path) { write_file(path, render_svg(r)); }
 
 }  // namespace shmctx::bench

@@ -14,6 +14,7 @@
 // transports and restores its affinity before the actor tests); the rest are pure.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -79,11 +80,15 @@ struct Options {
     std::vector<std::string> transports;  ///< empty: every non-peer one (see transports())
     bool peers = false;                   ///< with an empty `transports`: the peers too
     std::vector<Mode> modes{Mode::spin, Mode::block};
+    /// The program's defaults are set by parse_options (shmctx_perf_harness: throughput,
+    /// roundtrip, fixed-rate, idle; `shmctx perf`: all but idle).
     std::vector<Test> tests{Test::throughput, Test::roundtrip, Test::idle};
     std::chrono::milliseconds duration{200};  ///< per run
     /// Fixed-rate test: send rates (msg/s), one batch per mode and rate.
     std::vector<double> rates{10'000, 100'000, 1'000'000};
     std::chrono::milliseconds fixed_rate_duration{1000};  ///< scheduled sends per run: rate x this
+    /// Interleaved fixed-rate runs per transport and batch; 0: `runs`.
+    int fixed_rate_runs = 0;
     std::size_t fixed_rate_size = 64;
     SpillOptions spill;
     CancelOptions cancel;
@@ -95,6 +100,9 @@ struct Options {
     std::vector<int> cpus;  ///< {parent, peer}; empty: the first two allowed CPUs
     std::string json_path;
     std::string svg_path;  ///< `shmctx perf --svg`: the latency curve and the spill depth chart
+    std::string md_path;   ///< the report as GitHub Markdown (write_markdown)
+    /// Writes `<dir>/<stem>.{txt,md,json,svg}` with stem = result_stem(report) (bench/results/).
+    std::string save_dir;
     /// Namespace of the harness's shared objects; empty: "bench-<pid>" (and objects of dead
     /// earlier harness processes are removed at start).
     std::string ns;
@@ -106,6 +114,11 @@ struct Options {
     bool help = false;
     /// Checked between runs: set by the program's signal handling to stop early (cleanly).
     const std::atomic<bool>* stop = nullptr;
+
+    /// Fixed-rate runs per transport and batch in effect.
+    int fixed_rate_run_count() const noexcept {
+        return fixed_rate_runs > 0 ? fixed_rate_runs : runs;
+    }
 };
 
 /// Which program's defaults the command line starts from: shmctx_perf_harness (transport
@@ -151,12 +164,19 @@ struct FixedRateRun {
     RoundTripRun corrected;
     RoundTripRun uncorrected;
     std::size_t late = 0;  ///< messages sent after their intended time (by more than 1 us)
-    /// Messages not sent because the run reached its time limit (3 x duration + 1 s): the rate
+    /// Messages not sent because the run reached its time limit (fixed_rate_limit): the rate
     /// was not sustained. Each is in `corrected` with the time it had waited at the limit (a
     /// lower bound), not in `uncorrected`.
     std::size_t unsent = 0;
     double achieved = 0;  ///< messages / (last receive - schedule start), msg/s
 };
+
+/// When a fixed-rate run of `duration` stops sending: 3 x duration + min(duration, 1 s). A rate
+/// the transport cannot sustain would otherwise make the run last count x round trip; the
+/// margin lets a sustainable run ride out a stall of several times its length.
+constexpr std::chrono::milliseconds fixed_rate_limit(std::chrono::milliseconds duration) {
+    return 3 * duration + std::min(duration, std::chrono::milliseconds(1000));
+}
 
 /// One transport's runs within a batch.
 struct Cell {
@@ -228,6 +248,8 @@ struct Report {
     std::string cpu;
     std::string date;  ///< UTC, ISO 8601
     std::string build_type;
+    int online_cpus = 0;        ///< sysconf(_SC_NPROCESSORS_ONLN) of the measuring machine
+    bool virtual_cpus = false;  ///< /proc/cpuinfo has the "hypervisor" flag (a VM's vCPUs)
     Placement placement;
     Options options;
     std::vector<Batch> batches;
@@ -242,8 +264,8 @@ Report run(const Options& options, std::ostream& progress);
 
 /// What a front end (shmctx_perf_harness, `shmctx perf`) does with parsed options: prints the
 /// usage text (--help) or the transports (--list) to `out`, or runs (progress lines to
-/// `progress`), prints the table to `out` and writes the --json and --svg files. Throws as
-/// run(), write_json() and write_svg() do.
+/// `progress`), prints the table to `out` and writes the --json, --svg and --md files and the
+/// --save set (result_stem). Throws as run(), write_json(), write_svg() and write_markdown() do.
 void run_and_report(const Options& options, Program program, std::ostream& out,
                     std::ostream& progress);
 
@@ -259,11 +281,28 @@ struct TargetCheck {
     double target = 0;     ///< the bound
     bool at_least = true;  ///< value >= target (else value <= target, or < for idle CPU)
     bool met = false;
+    /// Shown for information beside a target (another variant against the same bound), not a
+    /// target itself.
+    bool info = false;
 };
 /// The targets whose transports and batches are present in the report.
 std::vector<TargetCheck> check_targets(const Report& report);
 
+/// The human report: the same tables as write_markdown, as aligned plain text.
 void print_table(const Report& report, std::ostream& out);
+/// The report as GitHub Markdown: a header block (commit, CPU, date, build, placement with the
+/// core-to-core round trip of each section, runs x duration), one table per section, the spill
+/// and cancel figures and the targets as a table.
+std::string render_markdown(const Report& report);
+/// Writes render_markdown(report); throws SystemError if the file cannot be written.
+void write_markdown(const Report& report, const std::string& path);
+/// The file name stem of a saved result set (bench/results/): `<YYYY-MM-DD>_<commit7>_<cpu>`,
+/// e.g. "2026-11-30_797c220_xeon-2vcpu" (commit "-dirty" when the tree was modified).
+std::string result_stem(const Report& report);
+/// A short, filesystem-safe name of the machine: the CPU family word of `model` (vendor, "CPU",
+/// trademarks and the clock dropped) and the online CPU count, "v" for a VM's vCPUs:
+/// "Intel(R) Xeon(R) Processor", 2, true -> "xeon-2vcpu".
+std::string cpu_slug(std::string_view model, int online_cpus, bool virtual_cpus);
 /// Writes the report as JSON; throws SystemError if the file cannot be written.
 void write_json(const Report& report, const std::string& path);
 /// Writes a self-contained SVG (no script, no external resource): the fixed-rate latency
@@ -323,5 +362,7 @@ std::string format_ns(double ns);
 std::string format_rate(double per_s);
 /// `s` escaped for use inside a JSON string (without the quotes).
 std::string json_escaped(std::string_view s);
+/// Writes `text` to `path` (replacing it); throws SystemError if it cannot.
+void write_file(const std::string& path, std::string_view text);
 
 }  // namespace shmctx::bench

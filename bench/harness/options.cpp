@@ -67,8 +67,8 @@ std::string usage(Program program) {
              "cancel latency, transports interleaved (bench/README.md). Options:\n";
     } else {
         s << "usage: shmctx_perf_harness [options]\n"
-             "Cross-process throughput, round trip and idle CPU of IPC transports, interleaved\n"
-             "(DESIGN.md §8). Options:\n";
+             "Cross-process throughput, round trip, fixed-rate latency (coordinated-omission\n"
+             "corrected) and idle CPU of IPC transports, interleaved (DESIGN.md §8). Options:\n";
     }
     s << "  --sizes LIST        throughput message sizes (default 8,64,1K,16K,64K)\n"
          "  --rtt-sizes LIST    round-trip message sizes (default 64)\n"
@@ -82,13 +82,16 @@ std::string usage(Program program) {
       << (perf ? "  --tests LIST        throughput,roundtrip,fixed-rate,spill,cancel,idle (default "
                  "all but idle)\n"
                : "  --tests LIST        throughput,roundtrip,idle,fixed-rate,spill,cancel "
-                 "(default throughput,roundtrip,idle)\n")
+                 "(default throughput,roundtrip,fixed-rate,idle)\n")
       << "  --duration-ms N     duration of one throughput or round-trip run (default 200)\n"
       << (perf ? "  --runs N            interleaved runs per transport and batch (default 3)\n"
                : "  --runs N            interleaved runs per transport and batch (default 5)\n")
       << "  --rates LIST        fixed-rate send rates, msg/s (default 10k,100k,1M)\n"
-         "  --fixed-rate-ms N   duration of one fixed-rate run (default 1000)\n"
-         "  --fixed-rate-size B fixed-rate message size (default 64)\n"
+      << (perf ? "  --fixed-rate-ms N   duration of one fixed-rate run (default 1000)\n"
+                 "  --fixed-rate-runs N fixed-rate runs per transport and batch (default --runs)\n"
+               : "  --fixed-rate-ms N   duration of one fixed-rate run (default 300)\n"
+                 "  --fixed-rate-runs N fixed-rate runs per transport and batch (default 3)\n")
+      << "  --fixed-rate-size B fixed-rate message size (default 64)\n"
          "  --producer-rate R   spill: producer msg/s (default 200k)\n"
          "  --consumer-rate R   spill: the slow consumer's msg/s (default producer / 2)\n"
          "  --spill-ms N        spill: how long the producer sends (default 2000)\n"
@@ -101,13 +104,18 @@ std::string usage(Program program) {
          "  --cpus A,B          CPUs of the parent and the peer (default: first two allowed)\n"
          "  --json FILE         also write the report as JSON\n"
          "  --svg FILE          also draw the latency percentile curves and the spill depth\n"
+         "  --md FILE           also write the report as GitHub Markdown (tables, targets)\n"
+         "  --save DIR          also write DIR/<date>_<commit>_<cpu>.{txt,md,json,svg}, the\n"
+         "                      file set of bench/results/\n"
          "  --ns NAME           namespace of the shared objects (default bench-<pid>)\n"
          "  --inject-skip N     self-test: throughput producers skip sequence N (must fail)\n"
       << (perf ? "  --quick             a few seconds in all: 64 B, transports shmctx,minimal,uds, "
                  "spin,\n"
                  "                      1 run of 30 ms, rates 10k,100k for 100 ms, 0.3 s of "
                  "spill, 100 cancels\n"
-               : "  --quick             CI smoke run: sizes 64,64K, 2 runs of 30 ms, 200 ms idle\n")
+               : "  --quick             CI smoke run: sizes 64,64K, 2 runs of 30 ms, fixed rate 1 "
+                 "run of 30 ms,\n"
+                 "                      200 ms idle\n")
       << "  --list              list the transports and exit\n"
          "  --help              this text\n";
     return s.str();
@@ -120,6 +128,12 @@ Options parse_options(std::span<const std::string_view> args, Program program) {
         o.tests = {Test::throughput, Test::roundtrip, Test::fixed_rate, Test::spill, Test::cancel};
         o.transports = {"shmctx", "minimal", "mq", "uds"};
         o.runs = 3;
+    } else {
+        // Fixed rate for every transport by default, shorter and fewer runs than the other
+        // tests so that a full run with the peers stays within minutes (bench/README.md §1.6).
+        o.tests = {Test::throughput, Test::roundtrip, Test::fixed_rate, Test::idle};
+        o.fixed_rate_duration = std::chrono::milliseconds(300);
+        o.fixed_rate_runs = 3;
     }
     // --quick sets defaults first so that explicit options given with it still win.
     for (auto a : args) {
@@ -146,6 +160,8 @@ Options parse_options(std::span<const std::string_view> args, Program program) {
             o.rtt_sizes = {64};
             o.duration = std::chrono::milliseconds(30);
             o.runs = 2;
+            o.fixed_rate_duration = std::chrono::milliseconds(30);
+            o.fixed_rate_runs = 1;
             o.idle_window = std::chrono::milliseconds(200);
             o.c2c_round_trips = 5000;
         }
@@ -231,12 +247,18 @@ Options parse_options(std::span<const std::string_view> args, Program program) {
             o.json_path = value();
         } else if (k == "--svg") {
             o.svg_path = value();
+        } else if (k == "--md") {
+            o.md_path = value();
+        } else if (k == "--save") {
+            o.save_dir = value();
         } else if (k == "--rates") {
             o.rates.clear();
             for (auto r : split(value())) o.rates.push_back(parse_rate(k, r));
             if (o.rates.empty()) throw std::invalid_argument("--rates: empty list");
         } else if (k == "--fixed-rate-ms") {
             o.fixed_rate_duration = std::chrono::milliseconds(parse_long(k, value(), 1, 600'000));
+        } else if (k == "--fixed-rate-runs") {
+            o.fixed_rate_runs = static_cast<int>(parse_long(k, value(), 1, 1000));
         } else if (k == "--fixed-rate-size") {
             o.fixed_rate_size = static_cast<std::size_t>(
                 parse_long(k, value(), static_cast<long>(kMinMessageBytes), 1L << 20));

@@ -274,6 +274,16 @@ std::string cpu_model() {
     return "unknown";
 }
 
+bool cpus_are_virtual() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("flags", 0) == 0)
+            return (line + " ").find(" hypervisor ") != std::string::npos;
+    }
+    return false;
+}
+
 std::string git_commit(const std::string& source_dir) {
     const std::string cmd = "git -C '" + source_dir + "' rev-parse HEAD 2>/dev/null";
     FILE* f = ::popen(cmd.c_str(), "r");  // NOLINT: report metadata only, fixed command

@@ -105,6 +105,8 @@ private:
 
 /// CPU model from /proc/cpuinfo ("unknown" if absent).
 std::string cpu_model();
+/// True when /proc/cpuinfo's flags include "hypervisor" (the CPUs are a VM's vCPUs).
+bool cpus_are_virtual();
 /// `git rev-parse HEAD` in the source tree, or "unknown".
 std::string git_commit(const std::string& source_dir);
 

@@ -1,8 +1,10 @@
 // The harness report: a human table and JSON.
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <limits>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "report_tables.hpp"
 #include "shmctx/errors.hpp"
 
 namespace shmctx::bench {
@@ -147,14 +150,82 @@ std::string rtt_json(const RoundTripRun& r) {
                ", \"samples\": ", std::to_string(r.samples), "}");
 }
 
-void print_fixed_rate(const Batch& b, std::ostream& out) {
-    char line[256];
-    out << "  latency from each message's intended send time (coordinated-omission corrected), "
-           "medians over runs\n";
-    std::snprintf(line, sizeof line, "  %-19s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
-                  "transport", "p50", "p90", "p99", "p99.9", "p99.99", "max", "raw p99.9",
-                  "raw max", "late", "achieved");
-    out << line;
+/// A fixed-rate run kept up with its rate: every message sent within the limit and the
+/// achieved rate within 10 % of the rate asked for (a backlog that never empties lowers it).
+bool sustained(const FixedRateRun& x, double rate) {
+    return x.unsent == 0 && x.achieved >= 0.9 * rate;
+}
+
+std::string percent(double v, const char* format = "%.1f%%") {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, format, v);
+    return buf;
+}
+
+std::string ratio_text(double v) {
+    if (!std::isfinite(v)) return "-";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, v >= 100 ? "%.0fx" : v >= 10 ? "%.1fx" : "%.2fx", v);
+    return buf;
+}
+
+/// The cell whose figures the batch's ratio column divides by: `preferred` when the batch has
+/// it, else the first.
+const Cell* baseline_of(const Batch& b, std::string_view preferred) {
+    for (const Cell& c : b.cells)
+        if (c.transport == preferred) return &c;
+    return b.cells.empty() ? nullptr : &b.cells.front();
+}
+
+double median_rate(const Cell& c) { return summarize(c.msgs_per_s).median; }
+double median_p50(const Cell& c) {
+    return stat_of(c.rtt, [](const RoundTripRun& x) { return x.p50; }).median;
+}
+
+void throughput_rows(const Batch& b, ReportTable& t) {
+    const Cell* base = baseline_of(b, "shmctx-batch");
+    t.columns = {"transport", "msg/s", "(min - max)", "MB/s",
+                 cat("ratio to ", base != nullptr ? base->transport : "")};
+    for (const Cell& c : b.cells) {
+        const Stat s = summarize(c.msgs_per_s);
+        char mb[32];
+        std::snprintf(mb, sizeof mb, "%.0f", s.median * static_cast<double>(b.size) / 1e6);
+        t.rows.push_back({c.transport, si(s.median), cat("(", si(s.min), " - ", si(s.max), ")"), mb,
+                          ratio_text(s.median / median_rate(*base))});
+    }
+}
+
+void roundtrip_rows(const Batch& b, ReportTable& t) {
+    const Cell* base = baseline_of(b, "shmctx");
+    t.columns = {"transport",
+                 "p50",
+                 "p90",
+                 "p99",
+                 "p99.9",
+                 "max",
+                 "p50 (min - max)",
+                 cat("p50 ratio to ", base != nullptr ? base->transport : "")};
+    for (const Cell& c : b.cells) {
+        auto med = [&](auto f) { return dur(stat_of(c.rtt, f).median); };
+        const Stat p50 = stat_of(c.rtt, [](const RoundTripRun& x) { return x.p50; });
+        t.rows.push_back({c.transport, dur(p50.median),
+                          med([](const RoundTripRun& x) { return x.p90; }),
+                          med([](const RoundTripRun& x) { return x.p99; }),
+                          med([](const RoundTripRun& x) { return x.p999; }),
+                          med([](const RoundTripRun& x) { return x.max; }),
+                          cat("(", dur(p50.min), " - ", dur(p50.max), ")"),
+                          ratio_text(p50.median / median_p50(*base))});
+    }
+}
+
+void fixed_rate_rows(const Batch& b, ReportTable& t) {
+    t.intro =
+        "Latency from each message's intended send time (start + i / rate: coordinated-omission "
+        "corrected), medians over runs; raw = from the actual send (uncorrected); late = sends "
+        "more than 1 us after their time; unsent = messages not sent within 3 x the duration + "
+        "min(duration, 1 s) (counted with the time they had waited).";
+    t.columns = {"transport", "p50",     "p90",  "p99",      "p99.9",  "p99.99",   "max",
+                 "raw p99.9", "raw max", "late", "achieved", "unsent", "sustained"};
     for (const Cell& c : b.cells) {
         auto med = [&](auto f) { return dur(stat_of_fixed(c.fixed, f).median); };
         const double late = stat_of_fixed(c.fixed, [](const FixedRateRun& x) {
@@ -163,23 +234,26 @@ void print_fixed_rate(const Batch& b, std::ostream& out) {
                                            : 100.0 * static_cast<double>(x.late) /
                                                  static_cast<double>(x.corrected.samples);
                             }).median;
-        char late_text[16];
-        std::snprintf(late_text, sizeof late_text, "%.1f%%", late);
-        const std::string achieved =
-            cat(si(stat_of_fixed(c.fixed, [](const FixedRateRun& x) { return x.achieved; }).median),
-                "/s");
-        std::snprintf(line, sizeof line, "  %-19s %8s %8s %8s %8s %8s %8s | %8s %8s | %6s %9s\n",
-                      c.transport.c_str(),
-                      med([](const FixedRateRun& x) { return x.corrected.p50; }).c_str(),
-                      med([](const FixedRateRun& x) { return x.corrected.p90; }).c_str(),
-                      med([](const FixedRateRun& x) { return x.corrected.p99; }).c_str(),
-                      med([](const FixedRateRun& x) { return x.corrected.p999; }).c_str(),
-                      med([](const FixedRateRun& x) { return x.corrected.p9999; }).c_str(),
-                      med([](const FixedRateRun& x) { return x.corrected.max; }).c_str(),
-                      med([](const FixedRateRun& x) { return x.uncorrected.p999; }).c_str(),
-                      med([](const FixedRateRun& x) { return x.uncorrected.max; }).c_str(),
-                      late_text, achieved.c_str());
-        out << line;
+        const double achieved =
+            stat_of_fixed(c.fixed, [](const FixedRateRun& x) { return x.achieved; }).median;
+        const double unsent = stat_of_fixed(c.fixed, [](const FixedRateRun& x) {
+                                  return static_cast<double>(x.unsent);
+                              }).median;
+        std::size_t failed = 0;
+        for (const FixedRateRun& x : c.fixed)
+            if (!sustained(x, b.rate)) ++failed;
+        t.rows.push_back({c.transport, med([](const FixedRateRun& x) { return x.corrected.p50; }),
+                          med([](const FixedRateRun& x) { return x.corrected.p90; }),
+                          med([](const FixedRateRun& x) { return x.corrected.p99; }),
+                          med([](const FixedRateRun& x) { return x.corrected.p999; }),
+                          med([](const FixedRateRun& x) { return x.corrected.p9999; }),
+                          med([](const FixedRateRun& x) { return x.corrected.max; }),
+                          med([](const FixedRateRun& x) { return x.uncorrected.p999; }),
+                          med([](const FixedRateRun& x) { return x.uncorrected.max; }),
+                          percent(late), cat(si(achieved), "/s"), si(unsent),
+                          failed == 0 ? "yes"
+                                      : cat("NO (", std::to_string(failed), " of ",
+                                            std::to_string(c.fixed.size()), " runs)")});
     }
     for (const Cell& c : b.cells) {
         std::size_t runs = 0;
@@ -193,77 +267,118 @@ void print_fixed_rate(const Batch& b, std::ostream& out) {
         if (runs == 0) continue;
         char note[256];
         std::snprintf(note, sizeof note,
-                      "  %s: rate not sustained in %zu of %zu runs: a median %.1f%% of the "
-                      "messages not sent within 3 x the duration + 1 s (counted with the time "
-                      "they had waited)\n",
+                      "%s: rate not sustained in %zu of %zu runs: a median %.1f%% of the "
+                      "messages not sent within 3 x the duration + min(duration, 1 s) (counted "
+                      "with the time they had waited)",
                       c.transport.c_str(), runs, c.fixed.size(), 100 * summarize(unsent).median);
-        out << note;
+        t.notes.emplace_back(note);
     }
 }
 
-void print_spill(const SpillResult& s, std::ostream& out) {
+ReportTable spill_table(const SpillResult& s) {
     const SpillOptions& o = s.options;
-    out << "\nspill under a slow consumer: producer " << format_rate(o.producer_rate)
-        << ", consumer " << format_rate(o.slow_rate()) << " for " << o.duration.count()
-        << " ms, then full speed; " << o.msg_bytes << " B messages, 64-message ring\n"
-        << "  overrun (default policy, on_full = raise): StreamOverrun after " << s.overrun_after
-        << " messages";
-    if (!s.overrun_what.empty()) out << " (" << s.overrun_what << ")";
-    out << "\n  allow_overruns: sent " << s.sent << ", received " << s.received
-        << " in order (checked by the consumer), lost " << s.lost << "; spilled " << s.spilled
-        << ", drained " << s.drained << ", discarded " << s.discarded << ", high water "
-        << s.high_water << "\n"
-        << "  try_send while spilling: p50 " << dur(s.send_spilling.p50) << ", p99 "
-        << dur(s.send_spilling.p99) << ", p99.9 " << dur(s.send_spilling.p999) << ", max "
-        << dur(s.send_spilling.max) << " (" << s.send_spilling.samples
-        << " sends); every send: p50 " << dur(s.send_all.p50) << ", p99.9 " << dur(s.send_all.p999)
-        << "\n"
-        << "  drain rate once the consumer is fast: " << si(s.drain_rate)
-        << " msg/s; the sending thread took " << s.sender_faults
-        << " minor page faults and was preempted " << s.sender_switches << " times\n";
+    ReportTable t;
+    t.title =
+        cat("spill under a slow consumer: producer ", format_rate(o.producer_rate), ", consumer ",
+            format_rate(o.slow_rate()), " for ", std::to_string(o.duration.count()),
+            " ms, then full speed; ", std::to_string(o.msg_bytes), " B messages, 64-message ring");
+    t.columns = {"figure", "value"};
+    t.text_values = true;
+    t.rows.push_back({"overrun (default policy, on_full = raise)",
+                      cat("StreamOverrun after ", std::to_string(s.overrun_after), " messages",
+                          s.overrun_what.empty() ? "" : cat(" (", s.overrun_what, ")"))});
+    t.rows.push_back({"allow_overruns: sent, received in order (consumer-checked), lost",
+                      cat(std::to_string(s.sent), ", ", std::to_string(s.received), ", ",
+                          std::to_string(s.lost))});
+    t.rows.push_back({"spilled, drained, discarded, high water",
+                      cat(std::to_string(s.spilled), ", ", std::to_string(s.drained), ", ",
+                          std::to_string(s.discarded), ", ", std::to_string(s.high_water))});
+    t.rows.push_back({"try_send while spilling",
+                      cat("p50 ", dur(s.send_spilling.p50), ", p99 ", dur(s.send_spilling.p99),
+                          ", p99.9 ", dur(s.send_spilling.p999), ", max ", dur(s.send_spilling.max),
+                          " (", std::to_string(s.send_spilling.samples), " sends)")});
+    t.rows.push_back(
+        {"every send", cat("p50 ", dur(s.send_all.p50), ", p99.9 ", dur(s.send_all.p999))});
+    t.rows.push_back({"drain rate once the consumer is fast", cat(si(s.drain_rate), " msg/s")});
+    t.rows.push_back(
+        {"sending thread: minor page faults, preemptions",
+         cat(std::to_string(s.sender_faults), ", ", std::to_string(s.sender_switches))});
     if (s.drainer_cpu_pct >= 0) {
-        char line[128];
-        std::snprintf(line, sizeof line, "  drainer CPU over a %.2f s idle window: %.3f %%\n",
-                      s.idle_window_s, s.drainer_cpu_pct);
-        out << line;
+        char window[32];
+        std::snprintf(window, sizeof window, "%.2f s", s.idle_window_s);
+        t.rows.push_back({cat("drainer CPU over a ", window, " idle window"),
+                          percent(s.drainer_cpu_pct, "%.3f %%")});
     }
+    return t;
 }
 
-void print_cancel(const CancelResult& c, std::ostream& out) {
-    char line[256];
-    out << "\ncontext round trip (open_context on echo: open, Start, Started, Return) and cancel "
-           "latency (ctx.cancel() to its return with the ctxc recorded), "
-        << c.options.iterations << " of each kind";
-    if (c.options.cancel_after.count() > 0)
-        out << ", " << c.options.cancel_after.count() << " us after the parked state";
-    out << "\n";
-    std::snprintf(line, sizeof line, "  %-34s %9s %9s %9s %9s %9s\n", "call", "p50", "p90", "p99",
-                  "p99.9", "max");
-    out << line;
+ReportTable cancel_table(const CancelResult& c) {
+    ReportTable t;
+    t.title = cat("cancel latency (ctx.cancel() to its return with the ctxc recorded) and context "
+                  "round trip (open_context on echo: open, Start, Started, Return), ",
+                  std::to_string(c.options.iterations), " of each kind",
+                  c.options.cancel_after.count() > 0
+                      ? cat(", ", std::to_string(c.options.cancel_after.count()),
+                            " us after the parked state")
+                      : "");
+    t.columns = {"call", "p50", "p90", "p99", "p99.9", "max"};
     for (const auto& [what, r] :
          {std::pair<const char*, const RoundTripRun*>{"context round trip", &c.context},
           {"cancel: parked in receive()", &c.park},
           {"cancel: in send(), both rings full", &c.full}}) {
-        std::snprintf(line, sizeof line, "  %-34s %9s %9s %9s %9s %9s\n", what, dur(r->p50).c_str(),
-                      dur(r->p90).c_str(), dur(r->p99).c_str(), dur(r->p999).c_str(),
-                      dur(r->max).c_str());
-        out << line;
+        t.rows.push_back({what, dur(r->p50), dur(r->p90), dur(r->p99), dur(r->p999), dur(r->max)});
     }
+    return t;
 }
 
-double median_rate(const Cell& c) { return summarize(c.msgs_per_s).median; }
-double median_p50(const Cell& c) {
-    return stat_of(c.rtt, [](const RoundTripRun& x) { return x.p50; }).median;
+ReportTable targets_table(const std::vector<TargetCheck>& targets) {
+    ReportTable t;
+    t.title = std::string(kTargetsTitle);
+    t.columns = {"target", "measured", "bar", "result"};
+    for (const TargetCheck& c : targets) {
+        char value[32];
+        char bar[32];
+        std::snprintf(value, sizeof value, "%.3f", c.value);
+        std::snprintf(bar, sizeof bar, "%s %g", c.at_least ? ">=" : "<=", c.target);
+        t.rows.push_back({c.what, value, bar, c.info ? "info" : c.met ? "met" : "not met"});
+    }
+    return t;
 }
 
+/// The report's plain-text rendering of one table: columns padded to their widest cell, the
+/// first left-aligned, the others right-aligned.
+void print_text(const ReportTable& t, std::ostream& out) {
+    std::vector<std::size_t> width(t.columns.size(), 0);
+    auto widen = [&](const std::vector<std::string>& row) {
+        for (std::size_t i = 0; i < row.size() && i < width.size(); ++i)
+            width[i] = std::max(width[i], row[i].size());
+    };
+    widen(t.columns);
+    for (const auto& row : t.rows) widen(row);
+    auto line = [&](const std::vector<std::string>& row) {
+        std::string s = " ";
+        for (std::size_t i = 0; i < row.size() && i < width.size(); ++i) {
+            const std::string pad(width[i] - row[i].size(), ' ');
+            s += i == 0          ? cat(" ", row[i], pad)
+                 : t.text_values ? cat("  ", row[i], pad)
+                                 : cat("  ", pad, row[i]);
+        }
+        while (!s.empty() && s.back() == ' ') s.pop_back();
+        out << s << "\n";
+    };
+    line(t.columns);
+    for (const auto& row : t.rows) line(row);
+    for (const auto& n : t.notes) out << "  " << n << "\n";
+}
 }  // namespace
 
 std::vector<TargetCheck> check_targets(const Report& r) {
     std::vector<TargetCheck> out;
-    auto add = [&](std::string what, double value, double target, bool at_least) {
+    auto add = [&](std::string what, double value, double target, bool at_least,
+                   bool info = false) {
         if (!std::isfinite(value)) return;
         out.push_back({std::move(what), value, target, at_least,
-                       at_least ? value >= target : value <= target});
+                       at_least ? value >= target : value <= target, info});
     };
     // Throughput, 64 B, spin, against the baselines. The target compares like with like:
     // shmctx-batch batches both ends (Publish::deferred + publish() per batch, drain) as
@@ -281,7 +396,7 @@ std::vector<TargetCheck> check_targets(const Report& r) {
             if (ours != nullptr && other != nullptr && median_rate(*other) > 0)
                 add(cat("throughput 64 B spin: ", variant, " / ", base,
                         info ? " (info: publish per message)" : ""),
-                    median_rate(*ours) / median_rate(*other), target, true);
+                    median_rate(*ours) / median_rate(*other), target, true, info);
         }
     }
     // Round trip p50, 64 B: spin against the minimal ring, block against the socket.
@@ -318,7 +433,7 @@ std::vector<TargetCheck> check_targets(const Report& r) {
             const Cell* other = find_cell(r, Test::throughput, Mode::spin, 64, peer);
             if (ours != nullptr && other != nullptr && median_rate(*other) > 0)
                 add(cat("throughput 64 B spin: ", variant, " / ", peer, info ? " (info)" : ""),
-                    median_rate(*ours) / median_rate(*other), target, true);
+                    median_rate(*ours) / median_rate(*other), target, true, info);
         }
     }
     const Cell* rtt_ice = find_cell(r, Test::roundtrip, Mode::spin, 64, "iceoryx");
@@ -380,76 +495,113 @@ std::string format_rate(double per_s) {
 
 std::string json_escaped(std::string_view s) { return json_escape(s); }
 
-void print_table(const Report& r, std::ostream& out) {
-    out << "shmctx perf harness  commit " << r.commit.substr(0, 12) << "  " << r.date << "\n"
-        << "cpu: " << r.cpu << "   placement: " << r.placement.text << "   build: " << r.build_type
-        << "\n"
-        << "runs " << r.options.runs << " x " << r.options.duration.count()
-        << " ms, interleaved; ring " << r.options.ring_bytes << " B; batch " << r.options.batch
-        << "; medians with (min - max) over runs\n";
-    if (r.build_type != "Release" && r.build_type != "RelWithDebInfo")
-        out << "WARNING: not an optimised build; figures are not meaningful\n";
+void write_file(const std::string& path, std::string_view text) {
+    std::ofstream f(path, std::ios::trunc);
+    f << text;
+    f.close();
+    if (!f) throw SystemError("cannot write " + path + ": " + std::strerror(errno));
+}
+
+std::vector<ReportField> report_header(const Report& r) {
+    const Options& o = r.options;
+    std::vector<ReportField> h;
+    h.push_back({"commit", r.commit});
+    h.push_back({"date (UTC)", r.date});
+    h.push_back({"cpu", cat(r.cpu, " (", std::to_string(r.online_cpus), " online ",
+                            r.virtual_cpus ? "vCPUs" : "CPUs", ")")});
+    h.push_back({"build", cat(r.build_type, optimised_build(r) ? ""
+                                                               : " (WARNING: not an optimised "
+                                                                 "build; figures are not "
+                                                                 "meaningful)")});
+    h.push_back({"placement", r.placement.text});
+    std::string runs = cat(std::to_string(o.runs), " x ", std::to_string(o.duration.count()),
+                           " ms per transport and batch, interleaved");
+    if (std::find(o.tests.begin(), o.tests.end(), Test::fixed_rate) != o.tests.end()) {
+        std::string rates;
+        for (double rate : o.rates) rates += cat(rates.empty() ? "" : ", ", format_rate(rate));
+        runs += cat("; fixed rate ", std::to_string(o.fixed_rate_run_count()), " x ",
+                    std::to_string(o.fixed_rate_duration.count()), " ms at ", rates, ", ",
+                    std::to_string(o.fixed_rate_size), " B");
+    }
+    h.push_back({"runs", runs});
+    h.push_back({"ring", cat(std::to_string(o.ring_bytes), " B per direction; batch ",
+                             std::to_string(o.batch))});
+    h.push_back({"figures", "medians over runs, with (min - max)"});
+    return h;
+}
+
+bool optimised_build(const Report& r) {
+    return r.build_type == "Release" || r.build_type == "RelWithDebInfo";
+}
+
+std::string batch_title(const Batch& b) {
+    std::string t = cat(to_string(b.test), "  ", size_text(b.size), "  ", to_string(b.mode));
+    if (b.test == Test::fixed_rate) t += cat("  ", format_rate(b.rate));
+    return t;
+}
+
+std::string batch_placement(const Batch& b) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f GB/s", b.memcpy.gbytes_per_s);
+    return cat("c2c round trip ", dur(b.c2c.median_ns), " (min ", dur(b.c2c.min_ns), "), memcpy ",
+               buf);
+}
+
+ReportTable placement_table(const Report& r) {
+    ReportTable t;
+    t.title = "placement of each section";
+    t.intro =
+        "The core-to-core cache-line round trip between the two pinned processes (median of "
+        "chunk means, and the minimum) and single-thread memcpy bandwidth, measured just before "
+        "the section's runs.";
+    t.columns = {"section", "c2c round trip", "c2c min", "memcpy GB/s"};
     for (const Batch& b : r.batches) {
-        out << "\n" << to_string(b.test) << "  " << size_text(b.size) << "  " << to_string(b.mode);
-        if (b.test == Test::fixed_rate) out << "  " << format_rate(b.rate);
-        out << "   [c2c round trip " << dur(b.c2c.median_ns) << ", memcpy " << std::fixed
-            << std::setprecision(1) << b.memcpy.gbytes_per_s << " GB/s]\n";
-        char line[256];
-        if (b.test == Test::fixed_rate) {
-            print_fixed_rate(b, out);
-        } else if (b.test == Test::throughput) {
-            std::snprintf(line, sizeof line, "  %-19s %10s %21s %10s\n", "transport", "msg/s",
-                          "(min - max)", "MB/s");
-            out << line;
-            for (const Cell& c : b.cells) {
-                const Stat s = summarize(c.msgs_per_s);
-                const std::string range = cat("(", si(s.min), " - ", si(s.max), ")");
-                std::snprintf(line, sizeof line, "  %-19s %10s %21s %10.0f\n", c.transport.c_str(),
-                              si(s.median).c_str(), range.c_str(),
-                              s.median * static_cast<double>(b.size) / 1e6);
-                out << line;
-            }
-        } else {
-            std::snprintf(line, sizeof line, "  %-19s %9s %9s %9s %9s %9s %21s\n", "transport",
-                          "p50", "p90", "p99", "p99.9", "max", "p50 (min - max)");
-            out << line;
-            for (const Cell& c : b.cells) {
-                const Stat p50 = stat_of(c.rtt, [](const RoundTripRun& x) { return x.p50; });
-                const std::string range = cat("(", dur(p50.min), " - ", dur(p50.max), ")");
-                std::snprintf(
-                    line, sizeof line, "  %-19s %9s %9s %9s %9s %9s %21s\n", c.transport.c_str(),
-                    dur(p50.median).c_str(),
-                    dur(stat_of(c.rtt, [](const RoundTripRun& x) { return x.p90; }).median).c_str(),
-                    dur(stat_of(c.rtt, [](const RoundTripRun& x) { return x.p99; }).median).c_str(),
-                    dur(stat_of(c.rtt, [](const RoundTripRun& x) { return x.p999; }).median)
-                        .c_str(),
-                    dur(stat_of(c.rtt, [](const RoundTripRun& x) { return x.max; }).median).c_str(),
-                    range.c_str());
-                out << line;
-            }
-        }
+        char gbs[32];
+        std::snprintf(gbs, sizeof gbs, "%.1f", b.memcpy.gbytes_per_s);
+        t.rows.push_back({batch_title(b), dur(b.c2c.median_ns), dur(b.c2c.min_ns), gbs});
+    }
+    return t;
+}
+
+std::vector<ReportTable> report_tables(const Report& r) {
+    std::vector<ReportTable> out;
+    for (const Batch& b : r.batches) {
+        ReportTable t;
+        t.title = batch_title(b);
+        t.subtitle = batch_placement(b);
+        if (b.test == Test::throughput)
+            throughput_rows(b, t);
+        else if (b.test == Test::fixed_rate)
+            fixed_rate_rows(b, t);
+        else
+            roundtrip_rows(b, t);
+        out.push_back(std::move(t));
     }
     if (!r.idle.empty()) {
-        out << "\nidle CPU of a consumer blocked in receive (block mode, "
-            << r.options.idle_window.count() << " ms window, getrusage)\n";
-        for (const IdleResult& i : r.idle) {
-            char line[128];
-            std::snprintf(line, sizeof line, "  %-19s %8.3f %%\n", i.transport.c_str(),
-                          i.cpu_percent);
-            out << line;
-        }
+        ReportTable t;
+        t.title = cat("idle CPU of a consumer blocked in receive (block mode, ",
+                      std::to_string(r.options.idle_window.count()), " ms window, getrusage)");
+        t.columns = {"transport", "CPU"};
+        for (const IdleResult& i : r.idle)
+            t.rows.push_back({i.transport, percent(i.cpu_percent, "%.3f %%")});
+        out.push_back(std::move(t));
     }
-    if (r.spill) print_spill(*r.spill, out);
-    if (r.cancel) print_cancel(*r.cancel, out);
+    if (r.spill) out.push_back(spill_table(*r.spill));
+    if (r.cancel) out.push_back(cancel_table(*r.cancel));
     const auto targets = check_targets(r);
-    if (!targets.empty()) {
-        out << "\nDESIGN.md §8 targets (ratios of medians within one batch)\n";
-        for (const TargetCheck& t : targets) {
-            char line[256];
-            std::snprintf(line, sizeof line, "  %-62s %8.3f  %s %-5g %s\n", t.what.c_str(), t.value,
-                          t.at_least ? ">=" : "<=", t.target, t.met ? "met" : "MISSED");
-            out << line;
-        }
+    if (!targets.empty()) out.push_back(targets_table(targets));
+    return out;
+}
+
+void print_table(const Report& r, std::ostream& out) {
+    out << "shmctx perf harness\n";
+    for (const ReportField& f : report_header(r)) out << f.name << ": " << f.value << "\n";
+    for (const ReportTable& t : report_tables(r)) {
+        out << "\n" << t.title;
+        if (!t.subtitle.empty()) out << "   [" << t.subtitle << "]";
+        out << "\n";
+        if (!t.intro.empty()) out << "  " << t.intro << "\n";
+        print_text(t, out);
     }
 }
 
@@ -461,6 +613,8 @@ void write_json(const Report& r, const std::string& path) {
       << "  \"cpu\": \"" << json_escape(r.cpu) << "\",\n"
       << "  \"date\": \"" << r.date << "\",\n"
       << "  \"build_type\": \"" << json_escape(r.build_type) << "\",\n"
+      << "  \"online_cpus\": " << r.online_cpus
+      << ", \"virtual_cpus\": " << (r.virtual_cpus ? "true" : "false") << ",\n"
       << "  \"placement\": {\"parent_cpu\": " << r.placement.parent_cpu
       << ", \"peer_cpu\": " << r.placement.peer_cpu << ", \"text\": \""
       << json_escape(r.placement.text) << "\"},\n"
@@ -474,7 +628,8 @@ void write_json(const Report& r, const std::string& path) {
       << ", \"tests\": " << list_json(o.tests, [](Test t) { return cat("\"", to_string(t), "\""); })
       << ", \"rates\": " << list_json(o.rates, num)
       << ", \"fixed_rate_ms\": " << o.fixed_rate_duration.count()
-      << ", \"fixed_rate_size\": " << o.fixed_rate_size << ", \"transports\": "
+      << ", \"fixed_rate_size\": " << o.fixed_rate_size
+      << ", \"fixed_rate_runs\": " << o.fixed_rate_run_count() << ", \"transports\": "
       << list_json(o.transports,
                    [](const std::string& t) { return cat("\"", json_escape(t), "\""); })
       << "},\n  \"batches\": [";
@@ -515,12 +670,14 @@ void write_json(const Report& r, const std::string& path) {
                       [](const FixedRateRun& x) { return x.uncorrected.max; });
                 j << ",\n        \"runs\": "
                   << list_json(c.fixed,
-                               [](const FixedRateRun& x) {
+                               [&b](const FixedRateRun& x) {
                                    return cat("{\"corrected\": ", rtt_json(x.corrected),
                                               ", \"uncorrected\": ", rtt_json(x.uncorrected),
                                               ", \"late\": ", std::to_string(x.late),
                                               ", \"unsent\": ", std::to_string(x.unsent),
-                                              ", \"achieved_msgs_per_s\": ", num(x.achieved), "}");
+                                              ", \"achieved_msgs_per_s\": ", num(x.achieved),
+                                              ", \"sustained\": ",
+                                              sustained(x, b.rate) ? "true" : "false", "}");
                                })
                   << ",\n        \"curve\": " << list_json(c.curve, [](const CurvePoint& p) {
                          return cat("[", num(p.percentile), ", ", num(p.ns), "]");
@@ -596,13 +753,11 @@ void write_json(const Report& r, const std::string& path) {
         j << (i ? ",\n    " : "\n    ") << "{\"what\": \"" << json_escape(t.what)
           << "\", \"value\": " << num(t.value) << ", \"target\": " << num(t.target)
           << ", \"at_least\": " << (t.at_least ? "true" : "false")
-          << ", \"met\": " << (t.met ? "true" : "false") << "}";
+          << ", \"met\": " << (t.met ? "true" : "false")
+          << ", \"info\": " << (t.info ? "true" : "false") << "}";
     }
     j << "]\n}\n";
-    std::ofstream f(path, std::ios::trunc);
-    f << j.str();
-    f.close();
-    if (!f) throw SystemError("cannot write " + path + ": " + std::strerror(errno));
+    write_file(path, j.str());
 }
 
 void run_and_report(const Options& options, Program program, std::ostream& out,
@@ -616,15 +771,31 @@ void run_and_report(const Options& options, Program program, std::ostream& out,
         return;
     }
     const Report report = run(options, progress);
-    print_table(report, out);
-    if (!options.json_path.empty()) {
-        write_json(report, options.json_path);
-        out << "\nwrote " << options.json_path << "\n";
+    std::ostringstream table;
+    print_table(report, table);
+    out << table.str();
+    std::vector<std::string> wrote;
+    auto write = [&](const std::string& path, auto writer) {
+        if (path.empty()) return;
+        writer(report, path);
+        wrote.push_back(path);
+    };
+    write(options.json_path, write_json);
+    write(options.svg_path, write_svg);
+    write(options.md_path, write_markdown);
+    if (!options.save_dir.empty()) {
+        std::error_code ec;
+        std::filesystem::create_directories(options.save_dir, ec);
+        if (ec) throw SystemError(cat("cannot create ", options.save_dir, ": ", ec.message()));
+        const std::string stem = cat(options.save_dir, "/", result_stem(report));
+        write(cat(stem, ".txt"),
+              [&table](const Report&, const std::string& path) { write_file(path, table.str()); });
+        write(cat(stem, ".md"), write_markdown);
+        write(cat(stem, ".json"), write_json);
+        write(cat(stem, ".svg"), write_svg);
     }
-    if (!options.svg_path.empty()) {
-        write_svg(report, options.svg_path);
-        out << "wrote " << options.svg_path << "\n";
-    }
+    if (!wrote.empty()) out << "\n";
+    for (const std::string& path : wrote) out << "wrote " << path << "\n";
 }
 
 }  // namespace shmctx::bench

@@ -290,8 +290,9 @@ std::pair<FixedRateRun, std::vector<std::uint32_t>> fixed_rate_body(Started<T>& 
     // A rate the transport cannot sustain would make the run last count x round trip: stop
     // sending at this limit (the rest are recorded as unsent, with the time they had waited).
     const std::int64_t limit_ns =
-        3 * std::chrono::duration_cast<std::chrono::nanoseconds>(rc.duration).count() +
-        1'000'000'000;
+        std::chrono::duration_cast<std::chrono::nanoseconds>(
+            fixed_rate_limit(std::chrono::duration_cast<std::chrono::milliseconds>(rc.duration)))
+            .count();
     std::size_t i = 0;
     for (; i < count; ++i, ++seq) {
         const std::int64_t due = recorder.intended_ns(i);
@@ -608,6 +609,8 @@ Report run(const Options& options, std::ostream& progress) {
     report.options = options;
     report.commit = git_commit(SHMCTX_BENCH_SOURCE_DIR);
     report.cpu = cpu_model();
+    report.online_cpus = static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+    report.virtual_cpus = cpus_are_virtual();
     report.date = utc_now();
     report.build_type = SHMCTX_BENCH_BUILD_TYPE;
     report.placement = choose_placement(options.cpus);
@@ -616,10 +619,10 @@ Report run(const Options& options, std::ostream& progress) {
     const shm::Names names(options.ns.empty() ? "bench-" + std::to_string(::getpid()) : options.ns);
     if (options.ns.empty()) remove_stale_objects(names);
     std::uint64_t counter = 0;
-    // Every wait is bounded by this: the longest run (a fixed-rate run stops sending at 3 x its
-    // duration + 1 s) plus a margin for a loaded machine.
+    // Every wait is bounded by this: the longest run (a fixed-rate run stops sending at
+    // fixed_rate_limit) plus a margin for a loaded machine.
     const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::max(options.duration, 3 * options.fixed_rate_duration + std::chrono::seconds(1)) +
+        std::max(options.duration, fixed_rate_limit(options.fixed_rate_duration)) +
         options.idle_window + std::chrono::seconds(20));
 
     auto make_context = [&](const Entry& e, std::size_t size, Mode mode) {
@@ -708,7 +711,7 @@ Report run(const Options& options, std::ostream& progress) {
                 std::vector<std::vector<std::uint32_t>> pooled(selected.size());
                 for (const Entry* e : selected)
                     batch.cells.push_back({std::string(e->info.name), {}, {}, {}, {}});
-                for (int r = 0; r < options.runs; ++r) {
+                for (int r = 0; r < options.fixed_rate_run_count(); ++r) {
                     for (std::size_t i = 0; i < selected.size(); ++i) {
                         check_stop();
                         RunContext rc = make_context(*selected[i], batch.size, mode);

@@ -1,17 +1,17 @@
-# `shmctx perf --quick --json F --svg G` end to end (ctest perf_cli_quick): the run succeeds, the
-# JSON parses and holds fixed-rate, spill and cancel figures with samples and zero loss, and the
-# SVG holds both charts with drawn lines (and parses as XML when python3 is there). Speed is
-# never checked. Arguments: -DCLI=<shmctx> -DWORK=<dir> -DNS=<namespace>.
+# `shmctx perf --quick --json F --svg G --md M --save D` end to end (ctest perf_cli_quick): the
+# run succeeds, the JSON parses and holds fixed-rate, spill and cancel figures with samples and
+# zero loss, the SVG holds both charts with drawn lines (and parses as XML when python3 is
+# there), the Markdown report has its header, a table per section and the targets table, and
+# --save writes the same report under <date>_<commit>_<cpu>.{txt,md,json,svg}. Speed is never
+# checked. Arguments: -DCLI=<shmctx> -DWORK=<dir> -DNS=<namespace>.
 cmake_minimum_required(VERSION 3.25)
-
-function(fail what)
-    message(FATAL_ERROR "perf_cli_check: ${what}")
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/../../bench/perf_report_checks.cmake)
 
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 set(json ${WORK}/perf.json)
 set(svg ${WORK}/perf.svg)
+set(md ${WORK}/perf.md)
 
 # A bad option is a usage error (exit status 2), before anything runs.
 execute_process(COMMAND ${CLI} perf --tests bogus RESULT_VARIABLE rc OUTPUT_VARIABLE out
@@ -20,7 +20,8 @@ if(NOT rc EQUAL 2 OR NOT err MATCHES "--tests")
     fail("'perf --tests bogus': expected exit 2 and a message naming --tests, got ${rc}: ${err}")
 endif()
 
-execute_process(COMMAND ${CLI} perf --quick --ns ${NS} --json ${json} --svg ${svg}
+execute_process(COMMAND ${CLI} perf --quick --ns ${NS} --json ${json} --svg ${svg} --md ${md}
+                        --save ${WORK}/saved
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("${out}")
 if(NOT rc EQUAL 0)
@@ -105,4 +106,14 @@ if(PYTHON3)
         fail("the SVG does not parse as XML: ${err}")
     endif()
 endif()
+# Markdown: the header, the sections of this run, the targets; then the --save set.
+file(READ ${md} m)
+perf_check_markdown("${m}" ON)
+perf_require("${m}" "### throughput  64 B  spin\n" "### roundtrip  64 B  spin\n"
+             "### fixed-rate  64 B  spin  10k/s\n" "### fixed-rate  64 B  spin  100k/s\n"
+             "coordinated-omission corrected"
+             "| transport | p50 | p90 | p99 | p99.9 | p99.99 | max | raw p99.9 | raw max | late | achieved | unsent | sustained |"
+             "### spill under a slow consumer" "### cancel latency"
+             "| child | p50 | p90 | p99 | p99.9 | max |")
+perf_check_saved(${WORK}/saved "${m}" "${j}" "${out}")
 file(REMOVE_RECURSE ${WORK})

@@ -1,10 +1,12 @@
 // Unit tests of the harness's pure parts: the coordinated-omission correction of the fixed-rate
-// test, the percentile curve, and the SVG writer's escaping and charts. No process, no timing.
+// test, the percentile curve, the SVG writer's escaping and charts, the Markdown report and the
+// names of a saved result set. No process, no timing.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -170,6 +172,150 @@ TEST(SvgReport, DrawsBothChartsAndEscapesReportText) {
     EXPECT_NE(empty.find("no fixed-rate data"), std::string::npos);
     EXPECT_NE(empty.find("no spill data"), std::string::npos);
     EXPECT_EQ(empty.find("<polyline"), std::string::npos);
+}
+
+/// A fixed-rate run of `count` messages of which `unsent` were never sent, at `achieved` msg/s.
+FixedRateRun fixed_run(std::size_t count, std::size_t unsent, double achieved) {
+    FixedRateRun x;
+    x.corrected.samples = count;
+    x.corrected.p50 = 1000;
+    x.unsent = unsent;
+    x.achieved = achieved;
+    return x;
+}
+
+/// The text between "### <title>" and the next heading (or the end).
+std::string md_section(const std::string& md, const std::string& title) {
+    const auto at = md.find("\n### " + title + "\n");
+    if (at == std::string::npos) return {};
+    const auto end = md.find("\n### ", at + 1);
+    return md.substr(at, end == std::string::npos ? std::string::npos : end - at);
+}
+
+TEST(MarkdownReport, HasAHeaderOneTablePerSectionAndTheTargets) {
+    Report r;
+    r.commit = "0123456789abcdef0123456789abcdef01234567";
+    r.cpu = "Intel(R) Xeon(R) Processor";
+    r.date = "2026-11-30T10:00:00Z";
+    r.build_type = "Release";
+    r.online_cpus = 2;
+    r.virtual_cpus = true;
+    r.placement.text = "parent cpu0, peer cpu1";
+    r.options.tests = {bench::Test::throughput, bench::Test::fixed_rate};
+    Batch tp;
+    tp.size = 64;
+    tp.c2c.median_ns = 131;
+    tp.c2c.min_ns = 120;
+    tp.cells.push_back({"shmctx-batch", {60e6, 62e6, 58e6}, {}, {}, {}});
+    tp.cells.push_back({"minimal-batch", {90e6}, {}, {}, {}});
+    tp.cells.push_back({"a|b", {30e6}, {}, {}, {}});
+    r.batches.push_back(tp);
+    Batch fr;
+    fr.test = bench::Test::fixed_rate;
+    fr.size = 64;
+    fr.rate = 1e6;
+    fr.cells.push_back({"shmctx", {}, {}, {fixed_run(1000, 0, 0.99e6)}, {}});
+    fr.cells.push_back({"uds", {}, {}, {fixed_run(1000, 400, 0.3e6)}, {}});
+    fr.cells.push_back({"mq", {}, {}, {fixed_run(1000, 0, 0.5e6)}, {}});
+    r.batches.push_back(fr);
+
+    const std::string md = render_markdown(r);
+    EXPECT_EQ(md.rfind("# shmctx perf harness: 0123456789ab, 2026-11-30\n", 0), 0U) << md;
+    EXPECT_NE(md.find("| cpu | Intel(R) Xeon(R) Processor (2 online vCPUs) |"), std::string::npos);
+    EXPECT_NE(md.find("| throughput  64 B  spin | 131ns | 120ns |"), std::string::npos) << md;
+
+    const std::string t = md_section(md, "throughput  64 B  spin");
+    ASSERT_FALSE(t.empty()) << md;
+    EXPECT_NE(t.find("| transport | msg/s | (min - max) | MB/s | ratio to shmctx-batch |\n"
+                     "|:---|---:|---:|---:|---:|\n"),
+              std::string::npos)
+        << t;
+    EXPECT_NE(t.find("| shmctx-batch | 60.00M | (58.00M - 62.00M) | 3840 | 1.00x |"),
+              std::string::npos)
+        << t;
+    EXPECT_NE(t.find("| minimal-batch | 90.00M | (90.00M - 90.00M) | 5760 | 1.50x |"),
+              std::string::npos)
+        << t;
+    // A '|' in a cell is escaped, so the row keeps its columns.
+    EXPECT_NE(t.find("| a\\|b | 30.00M |"), std::string::npos) << t;
+
+    // Fixed rate: unsent messages or an achieved rate below 90 % of the rate = not sustained.
+    const std::string f = md_section(md, "fixed-rate  64 B  spin  1M/s");
+    ASSERT_FALSE(f.empty()) << md;
+    EXPECT_NE(f.find("coordinated-omission corrected"), std::string::npos);
+    EXPECT_NE(f.find("| shmctx |"), std::string::npos);
+    EXPECT_NE(f.find("990.0k/s | 0 | yes |"), std::string::npos) << f;
+    EXPECT_NE(f.find("300.0k/s | 400 | NO (1 of 1 runs) |"), std::string::npos) << f;
+    EXPECT_NE(f.find("500.0k/s | 0 | NO (1 of 1 runs) |"), std::string::npos) << f;
+    EXPECT_NE(f.find("- uds: rate not sustained in 1 of 1 runs"), std::string::npos) << f;
+    EXPECT_EQ(f.find("- mq:"), std::string::npos) << f;
+
+    // Targets: throughput 64 B spin shmctx-batch / minimal-batch = 0.667 >= 0.5.
+    const std::string g =
+        md_section(md, "DESIGN.md §8 targets (ratios of medians within one batch)");
+    ASSERT_FALSE(g.empty()) << md;
+    EXPECT_NE(g.find("| target | measured | bar | result |"), std::string::npos) << g;
+    EXPECT_NE(g.find("| throughput 64 B spin: shmctx-batch / minimal-batch | 0.667 | >= 0.5 | "
+                     "met |"),
+              std::string::npos)
+        << g;
+    // The text report shows the same rows.
+    std::ostringstream text;
+    print_table(r, text);
+    EXPECT_NE(text.str().find("shmctx-batch / minimal-batch     0.667  >= 0.5     met"),
+              std::string::npos)
+        << text.str();
+}
+
+TEST(MarkdownReport, MarksInformationRowsAndDebugBuilds) {
+    Report r;
+    r.build_type = "Debug";
+    r.cpu = "<script>x</script> | y";
+    Batch tp;
+    tp.size = 64;
+    tp.cells.push_back({"shmctx-drain", {10e6}, {}, {}, {}});
+    tp.cells.push_back({"minimal-batch", {100e6}, {}, {}, {}});
+    r.batches.push_back(tp);
+    const std::string md = render_markdown(r);
+    EXPECT_NE(md.find("**Not an optimised build"), std::string::npos);
+    EXPECT_EQ(md.find("<script"), std::string::npos) << md;
+    EXPECT_NE(md.find("| cpu | &lt;script>x&lt;/script> \\| y (0 online CPUs) |"),
+              std::string::npos)
+        << md;
+    EXPECT_NE(md.find("| throughput 64 B spin: shmctx-drain / minimal-batch (info: publish per "
+                      "message) | 0.100 | >= 0.5 | info |"),
+              std::string::npos)
+        << md;
+}
+
+TEST(ResultNames, SlugIsShortAndFilesystemSafe) {
+    EXPECT_EQ(cpu_slug("Intel(R) Xeon(R) Processor", 2, true), "xeon-2vcpu");
+    EXPECT_EQ(cpu_slug("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", 8, false), "xeon-8cpu");
+    EXPECT_EQ(cpu_slug("AMD EPYC 7B13 64-Core Processor", 64, true), "epyc-64vcpu");
+    EXPECT_EQ(cpu_slug("Intel(R) Core(TM) i7-8700K CPU @ 3.70GHz", 12, false),
+              "core-i7-8700k-12cpu");
+    EXPECT_EQ(cpu_slug("unknown", 4, false), "cpu-4cpu");
+    EXPECT_EQ(cpu_slug("../../etc/passwd; rm -rf /", 1, false), "etc-1cpu");
+    for (const std::string& s : {cpu_slug("A/B\\C:D*E?F\"G<H>I|J K", 2, false),
+                                 cpu_slug(std::string(200, 'x'), 2, false)}) {
+        EXPECT_LE(s.size(), 24U) << s;
+        EXPECT_EQ(s.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-"), std::string::npos)
+            << s;
+    }
+}
+
+TEST(ResultNames, StemHasDateShortCommitAndMachine) {
+    Report r;
+    r.date = "2026-11-30T09:51:57Z";
+    r.commit = "797c220a3e8d0000000000000000000000000000";
+    r.cpu = "Intel(R) Xeon(R) Processor";
+    r.online_cpus = 2;
+    r.virtual_cpus = true;
+    EXPECT_EQ(result_stem(r), "2026-11-30_797c220_xeon-2vcpu");
+    r.commit += "-dirty";
+    EXPECT_EQ(result_stem(r), "2026-11-30_797c220-dirty_xeon-2vcpu");
+    r.commit = "unknown";
+    EXPECT_EQ(result_stem(r), "2026-11-30_unknown_xeon-2vcpu");
 }
 
 }  // namespace
