@@ -82,7 +82,7 @@ std::string usage(Program program) {
       << (perf ? "  --tests LIST        throughput,roundtrip,fixed-rate,spill,cancel,idle (default "
                  "all but idle)\n"
                : "  --tests LIST        throughput,roundtrip,idle,fixed-rate,spill,cancel "
-                 "(default throughput,roundtrip,fixed-rate,idle)\n")
+                 "(default all)\n")
       << "  --duration-ms N     duration of one throughput or round-trip run (default 200)\n"
       << (perf ? "  --runs N            interleaved runs per transport and batch (default 3)\n"
                : "  --runs N            interleaved runs per transport and batch (default 5)\n")
@@ -115,7 +115,7 @@ std::string usage(Program program) {
                  "spill, 100 cancels\n"
                : "  --quick             CI smoke run: sizes 64,64K, 2 runs of 30 ms, fixed rate 1 "
                  "run of 30 ms,\n"
-                 "                      200 ms idle\n")
+                 "                      200 ms idle, 0.3 s of spill, 100 cancels\n")
       << "  --list              list the transports and exit\n"
          "  --help              this text\n";
     return s.str();
@@ -129,9 +129,11 @@ Options parse_options(std::span<const std::string_view> args, Program program) {
         o.transports = {"shmctx", "minimal", "mq", "uds"};
         o.runs = 3;
     } else {
-        // Fixed rate for every transport by default, shorter and fewer runs than the other
-        // tests so that a full run with the peers stays within minutes (bench/README.md §1.6).
-        o.tests = {Test::throughput, Test::roundtrip, Test::fixed_rate, Test::idle};
+        // Every test by default, so that one run evaluates every DESIGN.md §8 target; fixed
+        // rate shorter and with fewer runs than the others, so that a full run with the peers
+        // stays within minutes (bench/README.md §1.6).
+        o.tests = {Test::throughput, Test::roundtrip, Test::fixed_rate,
+                   Test::idle,       Test::spill,     Test::cancel};
         o.fixed_rate_duration = std::chrono::milliseconds(300);
         o.fixed_rate_runs = 3;
     }
@@ -164,6 +166,11 @@ Options parse_options(std::span<const std::string_view> args, Program program) {
             o.fixed_rate_runs = 1;
             o.idle_window = std::chrono::milliseconds(200);
             o.c2c_round_trips = 5000;
+            o.spill.producer_rate = 100'000;
+            o.spill.duration = std::chrono::milliseconds(300);
+            o.spill.sample_every = std::chrono::milliseconds(2);
+            o.cancel.iterations = 100;
+            o.cancel.warmup = 20;
         }
     }
     for (std::size_t i = 0; i < args.size(); ++i) {

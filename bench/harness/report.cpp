@@ -314,13 +314,14 @@ ReportTable spill_table(const SpillResult& s) {
 
 ReportTable cancel_table(const CancelResult& c) {
     ReportTable t;
-    t.title = cat("cancel latency (ctx.cancel() to its return with the ctxc recorded) and context "
-                  "round trip (open_context on echo: open, Start, Started, Return), ",
-                  std::to_string(c.options.iterations), " of each kind",
-                  c.options.cancel_after.count() > 0
-                      ? cat(", ", std::to_string(c.options.cancel_after.count()),
-                            " us after the parked state")
-                      : "");
+    t.title =
+        cat("cancel latency (ctx.cancel() to its return with the ctxc recorded) and context "
+            "round trip (open_context on echo: open, Start, Started, Return), ",
+            std::to_string(c.options.iterations), " of each kind",
+            c.options.cancel_after.count() > 0
+                ? cat(", ", std::to_string(c.options.cancel_after.count()),
+                      " us after the parked state")
+                : "");
     t.columns = {"call", "p50", "p90", "p99", "p99.9", "max"};
     for (const auto& [what, r] :
          {std::pair<const char*, const RoundTripRun*>{"context round trip", &c.context},

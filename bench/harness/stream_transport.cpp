@@ -72,7 +72,11 @@ void serve(StreamRun& run, Context& ctx) {
     std::unique_lock lock(run.mu);
     run.stream = &stream;
     run.cv.notify_all();
-    (void)run.cv.wait(lock, ctx.stop_token(), [&] { return run.done; });
+    // Until the Link goes, also when the context is cancelled meanwhile (the peer's side may
+    // end first): the harness's thread holds a pointer to `stream` until then, and a cancelled
+    // context's stream only raises, it stays a valid object (TSan found the body destroying it
+    // under a send when this wait also ended on the stop token).
+    run.cv.wait(lock, [&] { return run.done; });
     run.stream = nullptr;
 }
 

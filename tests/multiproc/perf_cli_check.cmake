@@ -114,6 +114,6 @@ perf_require("${m}" "### throughput  64 B  spin\n" "### roundtrip  64 B  spin\n"
              "coordinated-omission corrected"
              "| transport | p50 | p90 | p99 | p99.9 | p99.99 | max | raw p99.9 | raw max | late | achieved | unsent | sustained |"
              "### spill under a slow consumer" "### cancel latency"
-             "| child | p50 | p90 | p99 | p99.9 | max |")
+             "| call | p50 | p90 | p99 | p99.9 | max |" "| context round trip |")
 perf_check_saved(${WORK}/saved "${m}" "${j}" "${out}")
 file(REMOVE_RECURSE ${WORK})
