@@ -18,7 +18,8 @@ using svg::Stroke;
 using svg::TextStyle;
 
 constexpr double kWidth = 960;
-constexpr double kHeight = 1060;
+/// The spill chart: title, plot (300), axis labels and its notes.
+constexpr double kSpillHeight = 460;
 /// Colour-blind-safe palette (Okabe-Ito), then a few more.
 constexpr std::string_view kColors[] = {"#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00",
                                         "#56B4E9", "#000000", "#999933", "#882255", "#44AA99"};
@@ -87,36 +88,43 @@ struct Series {
     std::string_view dash;
 };
 
-void latency_chart(svg::Document& d, const Report& r, double top) {
+/// The fixed-rate batches of the report, in run order: one latency panel each.
+std::vector<const Batch*> fixed_rate_batches(const Report& r) {
+    std::vector<const Batch*> out;
+    for (const Batch& b : r.batches)
+        if (b.test == Test::fixed_rate) out.push_back(&b);
+    return out;
+}
+
+constexpr double kPanelHeight = 520;  // a latency panel: title, plot (400), axis labels
+
+/// One panel: the latency percentile curves of every transport of fixed-rate batch `b` (a
+/// colour and dash per transport, the same in every panel: `transports` is the report's
+/// order); or, for a report without fixed-rate batches (`b` null), a note saying so.
+void latency_chart(svg::Document& d, const Batch* b, const std::vector<std::string>& transports,
+                   double top, bool first) {
     const Frame f{80, top + 40, 600, 400};
-    d.begin_group("latency-curve", "Latency percentile curve (fixed rate)");
+    // The first panel's group carries the chart's id; the others are named by mode and rate.
+    const std::string what =
+        b == nullptr ? std::string() : std::string(to_string(b->mode)) + " " + format_rate(b->rate);
+    // Ids are XML names: "latency-curve-spin-10000".
+    const std::string id = first ? std::string("latency-curve")
+                                 : "latency-curve-" + std::string(to_string(b->mode)) + "-" +
+                                       std::to_string(static_cast<long long>(b->rate));
+    d.begin_group(id,
+                  "Latency percentile curve (fixed rate" + (what.empty() ? "" : ", " + what) + ")");
     d.text({f.left, top + 20},
-           "Latency percentile curve, fixed rate, coordinated-omission corrected",
+           "Latency percentile curve, fixed rate " + (what.empty() ? "" : what + ", ") +
+               "coordinated-omission corrected",
            TextStyle{16, Anchor::start, true});
     std::vector<Series> series;
-    std::vector<std::string> transports;
-    std::vector<double> rates;
-    for (const Batch& b : r.batches) {
-        if (b.test != Test::fixed_rate) continue;
-        if (std::find(rates.begin(), rates.end(), b.rate) == rates.end()) rates.push_back(b.rate);
-        for (const Cell& c : b.cells) {
-            const std::string key = c.transport + " " + std::string(to_string(b.mode));
-            if (std::find(transports.begin(), transports.end(), key) == transports.end())
-                transports.push_back(key);
-        }
-    }
-    for (const Batch& b : r.batches) {
-        if (b.test != Test::fixed_rate) continue;
-        const auto rate_i =
-            static_cast<std::size_t>(std::find(rates.begin(), rates.end(), b.rate) - rates.begin());
-        for (const Cell& c : b.cells) {
+    if (b != nullptr) {
+        for (const Cell& c : b->cells) {
             if (c.curve.size() < 2) continue;
-            const std::string key = c.transport + " " + std::string(to_string(b.mode));
             const auto ti = static_cast<std::size_t>(
-                std::find(transports.begin(), transports.end(), key) - transports.begin());
-            series.push_back({key + " " + format_rate(b.rate), c.curve,
-                              kColors[ti % std::size(kColors)],
-                              kDashes[rate_i % std::size(kDashes)]});
+                std::find(transports.begin(), transports.end(), c.transport) - transports.begin());
+            series.push_back({c.transport, c.curve, kColors[ti % std::size(kColors)],
+                              kDashes[(ti / std::size(kColors)) % std::size(kDashes)]});
         }
     }
     if (series.empty()) {
@@ -173,7 +181,7 @@ void latency_chart(svg::Document& d, const Report& r, double top) {
     }
     // Legend, right of the plot.
     double ly = f.top + 6;
-    d.text({f.right() + 20, ly}, "transport, mode, rate", TextStyle{11, Anchor::start, true});
+    d.text({f.right() + 20, ly}, "transport", TextStyle{11, Anchor::start, true});
     for (const Series& s : series) {
         ly += 16;
         d.line({f.right() + 20, ly - 4}, {f.right() + 48, ly - 4}, Stroke{s.color, 2, s.dash});
@@ -250,15 +258,27 @@ void spill_chart(svg::Document& d, const Report& r, double top) {
 }  // namespace
 
 std::string render_svg(const Report& r) {
-    svg::Document d(kWidth, kHeight);
-    d.rect(0, 0, kWidth, kHeight, "#ffffff");
+    // A panel per fixed-rate batch (mode and rate: one curve per transport stays readable with
+    // every peer in), then the spill chart.
+    const std::vector<const Batch*> panels = fixed_rate_batches(r);
+    std::vector<std::string> transports;
+    for (const Batch* b : panels)
+        for (const Cell& c : b->cells)
+            if (std::find(transports.begin(), transports.end(), c.transport) == transports.end())
+                transports.push_back(c.transport);
+    const std::size_t n = std::max<std::size_t>(panels.size(), 1);
+    const double height = 80 + static_cast<double>(n) * kPanelHeight + kSpillHeight;
+    svg::Document d(kWidth, height);
+    d.rect(0, 0, kWidth, height, "#ffffff");
     d.text({20, 28}, "shmctx perf", TextStyle{20, Anchor::start, true});
     d.text({20, 48},
            "commit " + r.commit.substr(0, 12) + "   " + r.date + "   build " + r.build_type,
            TextStyle{12});
     d.text({20, 64}, "cpu " + r.cpu + "   placement: " + r.placement.text, TextStyle{12});
-    latency_chart(d, r, 80);
-    spill_chart(d, r, 600);
+    if (panels.empty()) latency_chart(d, nullptr, transports, 80, true);
+    for (std::size_t i = 0; i < panels.size(); ++i)
+        latency_chart(d, panels[i], transports, 80 + static_cast<double>(i) * kPanelHeight, i == 0);
+    spill_chart(d, r, 80 + static_cast<double>(n) * kPanelHeight);
     return d.str();
 }
 

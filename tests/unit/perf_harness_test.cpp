@@ -157,7 +157,8 @@ TEST(SvgReport, DrawsBothChartsAndEscapesReportText) {
     const std::string out = render_svg(r);
     EXPECT_NE(out.find("<g id=\"latency-curve\">"), std::string::npos);
     EXPECT_NE(out.find("<g id=\"spill-depth\">"), std::string::npos);
-    EXPECT_NE(out.find("shmctx spin 10k/s"), std::string::npos);
+    EXPECT_NE(out.find("fixed rate spin 10k/s"), std::string::npos);  // the panel's title
+    EXPECT_NE(out.find(">shmctx</text>"), std::string::npos);         // its legend
     EXPECT_EQ(out.find("<script"), std::string::npos);
     EXPECT_NE(out.find("&lt;script&gt;"), std::string::npos);
     EXPECT_NE(out.find("abc&lt;def"), std::string::npos);
