@@ -970,7 +970,8 @@ void ContextState::send_many(std::span<const PayloadView> messages) {
     // The batch is one call: what stops a send (an error, the peer's end, our cancel) is
     // checked once here; a message after that takes the general path only when the ring has
     // no room, is spilling or the message is too large, and that path checks again.
-    if (!send_blocked(true) && out_ && out_->spill_empty()) {
+    (void)send_blocked(true);  // raises what stops a send
+    if (out_ && out_->spill_empty()) {
         shm::RingWriter& ring = out_->ring();
         for (; next < messages.size(); ++next) {
             const PayloadView& m = messages[next];

@@ -115,12 +115,13 @@ public:
     /// into the ring, behind the spill, or the sender's on_full. `raise`: send() (throws, may
     /// block with on_full = block); else try_send() (a status, never blocks).
     /// `publish` deferred: a record written straight into the ring stays unpublished (the
-    /// caller publishes, publish_deferred()); whatever else happens (room to wait for, a
+    /// caller publishes: send_many at its end); whatever else happens (room to wait for, a
     /// spill, an overrun) publishes what was deferred first.
     SendStatus send(std::size_t max_bytes, PayloadKind kind, FillRef fill, bool raise,
                     shm::Publish publish = shm::Publish::now);
     SendStatus try_send(PayloadView message, bool raise, shm::Publish publish = shm::Publish::now);
-    /// MsgStream::send_many: try_send(deferred) for each, then one publish; also on an error.
+    /// MsgStream::send_many: straight into the ring (deferred) while it has room and nothing is
+    /// spilled, then try_send(deferred) for the rest; one publish at the end, also on an error.
     void send_many(std::span<const PayloadView> messages);
     /// Blocks while `deadline` allows; nullopt on timeout.
     std::optional<Message> receive(Deadline deadline, bool raise);

@@ -1118,6 +1118,20 @@ std::int64_t read_in_order(MsgStream& stream) {
     return n;
 }
 
+/// Exposes "late_reader": it reads its stream only once `release` reached 1, then to the end;
+/// its result is the count (in order, else it throws). Its inbound ring: `capacity` messages.
+void expose_late_reader(Actor& child, Level& release, bool allow_overruns, std::uint32_t capacity) {
+    child.expose(
+        "late_reader",
+        [&release](Context& ctx, const Payload&) -> Payload {
+            ctx.started();
+            auto stream = ctx.open_stream();
+            release.wait_in(ctx, 1);
+            return Payload::value(read_in_order(stream));
+        },
+        expose_opts(allow_overruns, capacity));
+}
+
 // send_many: every message arrives, in order, across batches of different sizes (one of them
 // empty, which sends nothing).
 TEST_F(StreamTest, SendManyArrivesInOrder) {
@@ -1154,15 +1168,7 @@ TEST_F(StreamTest, SendManyIntoAFullRingSendsWhatFitsThenRaisesStreamOverrun) {
     Actor parent("parent", options());
     Actor child("child", options());
     Level release;
-    child.expose(
-        "late_reader",
-        [&](Context& ctx, const Payload&) -> Payload {
-            ctx.started();
-            auto stream = ctx.open_stream();
-            release.wait_in(ctx, 1);
-            return Payload::value(read_in_order(stream));
-        },
-        expose_opts(false, 4));
+    expose_late_reader(child, release, false, 4);
     Portal portal = parent.connect("child", kDeadline);
     auto r = portal.open_context("late_reader", {}, [&](Context& ctx, const Payload&) {
         const ReleaseOnThrow guard(release);
@@ -1190,15 +1196,7 @@ TEST_F(StreamTest, SendManySpillsBehindWhatItWroteAndKeepsOrder) {
     Actor parent("parent", options());
     Actor child("child", options());
     Level release;
-    child.expose(
-        "late_reader",
-        [&](Context& ctx, const Payload&) -> Payload {
-            ctx.started();
-            auto stream = ctx.open_stream();
-            release.wait_in(ctx, 1);
-            return Payload::value(read_in_order(stream));
-        },
-        expose_opts(true, 1));
+    expose_late_reader(child, release, true, 1);
     Portal portal = parent.connect("child", kDeadline);
     auto r = portal.open_context("late_reader", {}, [&](Context& ctx, const Payload&) {
         const ReleaseOnThrow guard(release);
