@@ -1,6 +1,8 @@
 // Arena / ArenaView (include/shmctx/shm/arena.hpp; protocol in docs/protocol.md §3).
 #include "shmctx/shm/arena.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <bit>
 #include <new>
@@ -354,6 +356,13 @@ bool ArenaView::carved(const CarveDescriptor& descriptor) const noexcept {
         (descriptor.offset - kCarveHeaderBytes) % kPage != 0) {
         return true;  // not a slot at all: let attach() say why
     }
+    // The slot's page is a hole until its owner's carve has allocated it, and reading a hole of
+    // a full tmpfs faults (SIGBUS: tmpfs allocates a page on a read fault too). So look whether
+    // the page holds data before touching it; a hole, or an error, is "not carved yet". Only
+    // our fd's file offset moves (no read or write uses it). A page allocated but not yet
+    // written also counts as a hole: its owner writes the header before publishing it.
+    const auto page = static_cast<off_t>(descriptor.offset - kCarveHeaderBytes);
+    if (::lseek(segment_.fd(), page, SEEK_DATA) != page) return false;
     const auto& header = *std::launder(reinterpret_cast<const CarveHeader*>(  // NOLINT
         segment_.data() + (descriptor.offset - kCarveHeaderBytes)));
     // [arena.publish] pairs with [arena.publish] in Arena::carve: zero until published.

@@ -178,6 +178,25 @@ TEST_F(ArenaTest, ExhaustionOfTheVirtualSizeIsShmExhaustedWithFigures) {
     EXPECT_NO_THROW((void)arena.carve(100));
 }
 
+// A peer polls the owner's control-ring slot before the owner has carved it. Reading that
+// page while it is a hole would allocate it (and on a full tmpfs fault with SIGBUS: CI's
+// ShmExhaustion test under TSan died so), so carved() must answer without touching it: false,
+// and the object's backed size unchanged.
+TEST_F(ArenaTest, PollingAnUncarvedSlotLeavesItsPageUntouched) {
+    Arena arena = Arena::create(names, owner, peer, {std::size_t{1} << 20, 0600});
+    ArenaView view = ArenaView::open(names, owner, peer);
+    const CarveDescriptor slot{kArenaCarveBase + kCarveHeaderBytes, 256, 1};
+    struct stat before {};
+    ASSERT_EQ(::fstat(arena.segment().fd(), &before), 0);
+    EXPECT_FALSE(view.carved(slot));
+    struct stat after {};
+    ASSERT_EQ(::fstat(arena.segment().fd(), &after), 0);
+    EXPECT_EQ(after.st_blocks, before.st_blocks) << "carved() read the hole and allocated it";
+    const Carve c = arena.carve(256);
+    EXPECT_EQ(c.descriptor.offset, slot.offset);
+    EXPECT_TRUE(view.carved(c.descriptor));
+}
+
 TEST_F(ArenaTest, OwnerAndViewMappingsSeeTheSameBytes) {
     Arena arena = Arena::create(names, owner, peer, {std::size_t{1} << 20, 0600});
     ArenaView view = ArenaView::open(names, owner, peer);

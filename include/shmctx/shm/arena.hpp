@@ -205,7 +205,9 @@ public:
     std::span<std::byte> attach(const CarveDescriptor& descriptor) const;
     /// False while the slot `descriptor` names has never been carved (its generation is still
     /// zero): for a peer that attaches a carve it expects, such as a link's control ring,
-    /// before the owner has finished it. True otherwise (attach() then validates).
+    /// before the owner has finished it. True otherwise (attach() then validates). Never
+    /// touches a page that is still a hole (lseek SEEK_DATA first): reading one would allocate
+    /// it, and on a full tmpfs fault with SIGBUS.
     bool carved(const CarveDescriptor& descriptor) const noexcept;
     /// Stores `detached` in the carve header ([arena.detach], release): after this the
     /// consumer must not touch the body. Same checks as attach.
