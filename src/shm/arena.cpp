@@ -262,6 +262,10 @@ std::optional<ArenaView> ArenaView::try_open(const Names& names, const Uuid& own
         return std::nullopt;  // shorter than its header: the owner is still sizing it
     }
     if (!segment) return std::nullopt;
+    // Between the owner's create and its allocation of the header pages they are a hole, which
+    // a read would allocate (SIGBUS on a full tmpfs, where that allocation fails and the owner
+    // removes the object): read the header only once it holds data (as in carved()).
+    if (::lseek(segment->fd(), 0, SEEK_DATA) != 0) return std::nullopt;
     const auto* header =
         std::launder(reinterpret_cast<const ArenaHeader*>(segment->data()));  // NOLINT
     // [arena.init] pairs with [arena.init] in Arena::create: zero until the header is built.

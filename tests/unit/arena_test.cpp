@@ -197,6 +197,22 @@ TEST_F(ArenaTest, PollingAnUncarvedSlotLeavesItsPageUntouched) {
     EXPECT_TRUE(view.carved(c.descriptor));
 }
 
+// The same for the arena header: an arena object whose header pages are still a hole (its
+// owner has created it and not allocated them yet, or failed to) is "not there yet", and is
+// not read.
+TEST_F(ArenaTest, OpeningAnArenaWhoseHeaderIsAHoleReadsNothing) {
+    const std::string name = names.arena(owner, peer);
+    Segment bare =
+        Segment::create(name, std::size_t{1} << 20, SegmentOptions{0600}, Backing::sparse);
+    struct stat before {};
+    ASSERT_EQ(::fstat(bare.fd(), &before), 0);
+    EXPECT_FALSE(ArenaView::try_open(names, owner, peer).has_value());
+    struct stat after {};
+    ASSERT_EQ(::fstat(bare.fd(), &after), 0);
+    EXPECT_EQ(after.st_blocks, before.st_blocks) << "try_open read the hole and allocated it";
+    Segment::remove(name);
+}
+
 TEST_F(ArenaTest, OwnerAndViewMappingsSeeTheSameBytes) {
     Arena arena = Arena::create(names, owner, peer, {std::size_t{1} << 20, 0600});
     ArenaView view = ArenaView::open(names, owner, peer);
