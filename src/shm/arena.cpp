@@ -1,8 +1,6 @@
 // Arena / ArenaView (include/shmctx/shm/arena.hpp; protocol in docs/protocol.md §3).
 #include "shmctx/shm/arena.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
 #include <new>
@@ -264,8 +262,8 @@ std::optional<ArenaView> ArenaView::try_open(const Names& names, const Uuid& own
     if (!segment) return std::nullopt;
     // Between the owner's create and its allocation of the header pages they are a hole, which
     // a read would allocate (SIGBUS on a full tmpfs, where that allocation fails and the owner
-    // removes the object): read the header only once it holds data (as in carved()).
-    if (::lseek(segment->fd(), 0, SEEK_DATA) != 0) return std::nullopt;
+    // removes the object): read the header only once it holds data.
+    if (!segment->holds_data(0)) return std::nullopt;
     const auto* header =
         std::launder(reinterpret_cast<const ArenaHeader*>(segment->data()));  // NOLINT
     // [arena.init] pairs with [arena.init] in Arena::create: zero until the header is built.
@@ -360,13 +358,10 @@ bool ArenaView::carved(const CarveDescriptor& descriptor) const noexcept {
         (descriptor.offset - kCarveHeaderBytes) % kPage != 0) {
         return true;  // not a slot at all: let attach() say why
     }
-    // The slot's page is a hole until its owner's carve has allocated it, and reading a hole of
-    // a full tmpfs faults (SIGBUS: tmpfs allocates a page on a read fault too). So look whether
-    // the page holds data before touching it; a hole, or an error, is "not carved yet". Only
-    // our fd's file offset moves (no read or write uses it). A page allocated but not yet
-    // written also counts as a hole: its owner writes the header before publishing it.
-    const auto page = static_cast<off_t>(descriptor.offset - kCarveHeaderBytes);
-    if (::lseek(segment_.fd(), page, SEEK_DATA) != page) return false;
+    // The slot's page is a hole until its owner's carve has allocated it (Segment::holds_data):
+    // a hole is "not carved yet". A page allocated but not yet written counts as a hole too,
+    // which is right: its owner writes the header before it publishes the carve.
+    if (!segment_.holds_data(descriptor.offset - kCarveHeaderBytes)) return false;
     const auto& header = *std::launder(reinterpret_cast<const CarveHeader*>(  // NOLINT
         segment_.data() + (descriptor.offset - kCarveHeaderBytes)));
     // [arena.publish] pairs with [arena.publish] in Arena::carve: zero until published.

@@ -251,6 +251,11 @@ std::size_t Segment::size() const noexcept { return impl_->region.get_size(); }
 int Segment::fd() const noexcept { return native_fd(impl_->object); }
 ino_t Segment::inode() const noexcept { return impl_->inode; }
 
+bool Segment::holds_data(std::size_t offset) const noexcept {
+    const auto at = static_cast<off_t>(offset);
+    return ::lseek(fd(), at, SEEK_DATA) == at;
+}
+
 bool Segment::try_lock_exclusive() const {
     struct flock fl {};
     fl.l_type = F_WRLCK;

@@ -69,6 +69,12 @@ public:
     std::span<std::byte> bytes() const noexcept { return {data(), size()}; }
     /// The object's fd (O_CLOEXEC), valid while this Segment lives. Used for OFD locks.
     int fd() const noexcept;
+    /// Whether the page at `offset` (page-aligned, inside the object) holds data, asked of the
+    /// kernel (lseek SEEK_DATA) without touching it: for a reader of a sparse object someone
+    /// else allocates, since reading a hole of tmpfs allocates it, and on a full tmpfs faults
+    /// with SIGBUS. A page allocated but never written counts as a hole; an error as a hole.
+    /// Moves this Segment's file offset only (nothing reads or writes through it).
+    bool holds_data(std::size_t offset) const noexcept;
     /// Inode number of the object, to detect that a name now refers to a new object.
     ino_t inode() const noexcept;
     /// Takes an exclusive OFD lock on the whole object through this Segment's fd (which must
