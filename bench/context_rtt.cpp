@@ -95,8 +95,6 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr std::string_view kServerFlag = "--context-server";
-/// started(args), then returns args + 1.
-constexpr std::string_view kEndpoint = kEchoEndpoint;
 /// Returns args + 1 without started(): the plain one-shot RPC.
 constexpr std::string_view kPlainEndpoint = "echo_plain";
 /// Bar of issue #4: open_context p50 <= this × the ring's block-mode p50.
@@ -506,7 +504,7 @@ std::vector<std::uint32_t> measure(Kind kind, Portal& portal, std::size_t n, std
                 d = context_round_trip_once(portal, tag);
                 break;
             case Kind::run:
-                d = run_once(portal, kEndpoint, tag, stall);
+                d = run_once(portal, kEchoEndpoint, tag, stall);
                 break;
             case Kind::run_plain:
                 d = run_once(portal, kPlainEndpoint, tag, stall);

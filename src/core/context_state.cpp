@@ -973,16 +973,11 @@ void ContextState::send_many(std::span<const PayloadView> messages) {
     (void)send_blocked(true);  // raises what stops a send
     if (out_ && out_->spill_empty()) {
         shm::RingWriter& ring = out_->ring();
+        // Anything but ok (full, too large, closed, broken) writes nothing: the general path
+        // below takes that message and says why.
         for (; next < messages.size(); ++next) {
             const PayloadView& m = messages[next];
-            const std::span<const std::byte> bytes = m.bytes();
-            if (bytes.size() > ring.max_payload_bytes()) break;
-            const shm::RingClaim claim = ring.try_claim(bytes.size());
-            if (!claim.ok()) break;
-            if (!bytes.empty()) std::memcpy(claim.buffer.data(), bytes.data(), bytes.size());
-            // A deferred commit fails only on a ring already broken, before it writes: the
-            // general path below reports it for this message.
-            if (ring.commit(claim, bytes.size(), data_kind(m.kind()), 0, shm::Publish::deferred) !=
+            if (ring.try_write(data_kind(m.kind()), m.bytes(), 0, shm::Publish::deferred) !=
                 shm::WriteResult::ok)
                 break;
         }
